@@ -1,0 +1,97 @@
+"""EfficientAD (Batzner et al., WACV 2024).
+
+Presets (the part after ':' in --config):
+  (none) / s  paper settings, EfficientAD-S: 256², 70 000 steps, batch 1, Adam 1e-4, L2 1e-5.
+              python -m kdad_jax.main --config=configs/efficientad.py --workdir=W \
+                  --config.data.root=/data/mvtec_ad --config.data.category=all
+  m           EfficientAD-M, otherwise the paper settings.
+  demo        the offline embedded dataset (2 texture categories), sized to train and evaluate
+              in about 10 minutes on a 2-core CPU: 128² images, batch 4, 500 steps.
+  smoke       seconds, for tests: 64² images, 3 steps.
+Options may follow after a comma, e.g. 'demo,size=m'.
+"""
+
+import ml_collections
+
+
+def _base():
+    c = ml_collections.ConfigDict()
+    c.method = "efficientad"
+    c.seed = 0
+    c.image_size = 256
+
+    c.model = ml_collections.ConfigDict()
+    c.model.size = "s"            # s | m
+    c.model.out_channels = 384
+    c.model.padded = False        # reference implementations train and infer without padding
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.checkpoint = ""     # msgpack file or Orbax dir of PDN teacher params; '' = random init
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
+    c.data.category = "all"       # one name, a comma-separated list, or 'all'
+    c.data.validation_fraction = 0.1  # held out of train/good for map quantiles
+    c.data.num_threads = 2        # grain read threads
+
+    c.penalty = ml_collections.ConfigDict()
+    c.penalty.root = ""           # folder of pretraining (ImageNet) images; '' = scikit-image photos
+    c.penalty.grayscale_prob = 0.3
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.hard_quantile = 0.999
+    c.loss.penalty_weight = 1.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 70_000
+    c.train.batch_size = 1
+    c.train.learning_rate = 1e-4
+    c.train.weight_decay = 1e-5   # coupled L2, as PyTorch Adam's weight_decay
+    c.train.lr_drop_fraction = 0.95  # lr x0.1 after this fraction of steps
+    c.train.checkpoint_every = 5_000
+    c.train.log_every = 50
+    c.train.color_jitter = 0.2    # factor U(1-j, 1+j) for the AE input
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 8
+    c.eval.num_heatmaps = 8       # overlay PNGs per category
+    return c
+
+
+def _apply_preset(c, preset):
+    if preset == "m":
+        c.model.size = "m"
+    elif preset == "demo":
+        c.image_size = 128
+        c.train.steps = 500
+        c.train.batch_size = 4
+        c.train.learning_rate = 1e-3
+        c.train.checkpoint_every = 250
+        c.train.log_every = 10
+    elif preset == "smoke":
+        c.image_size = 64
+        c.model.out_channels = 16
+        c.train.steps = 3
+        c.train.batch_size = 2
+        c.train.checkpoint_every = 2
+        c.train.log_every = 1
+        c.eval.num_heatmaps = 2
+    elif preset not in ("", "s"):
+        raise ValueError(f"unknown preset {preset!r}: use s, m, demo or smoke")
+
+
+def get_config(arg: str = ""):
+    """``arg``: 'PRESET[,key=value...]' with keys size=s|m, category=NAME."""
+    c = _base()
+    parts = [p for p in (arg or "").split(",") if p]
+    presets = [p for p in parts if "=" not in p]
+    for preset in presets or [""]:
+        _apply_preset(c, preset)
+    for key, value in (p.split("=", 1) for p in parts if "=" in p):
+        if key == "size":
+            c.model.size = value
+        elif key == "category":
+            c.data.category = value
+        else:
+            raise ValueError(f"unknown config argument {key!r}")
+    return c

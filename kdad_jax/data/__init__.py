@@ -1,0 +1,1 @@
+"""Data: folders -> arrays, grain pipelines, augmentations, the embedded offline dataset."""

@@ -1,0 +1,59 @@
+"""Reading image and mask files into uint8 arrays, with errors that name the file."""
+
+import os
+from typing import Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kdad_jax.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: str, recursive: bool = False):
+    """Sorted image files in ``folder`` (by extension)."""
+    if recursive:
+        found = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+    else:
+        found = [os.path.join(folder, f) for f in os.listdir(folder)]
+    return sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: unreadable image ({e})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, 16-bit and RGBA images -> 8-bit RGB (alpha dropped)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        scaled = np.asarray(image, np.float64) / (65535.0 if image.mode != "I" else max(1, np.max(image)))
+        image = Image.fromarray((scaled * 255).round().astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def original_size(path: str) -> Tuple[int, int]:
+    return _open(path).size
+
+
+def load_rgb(path: str, size: int) -> np.ndarray:
+    """[size, size, 3] uint8, bilinear resize."""
+    image = to_rgb(_open(path))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image, np.uint8)
+
+
+def load_mask(path: str, size: int, expected_size: Tuple[int, int]) -> np.ndarray:
+    """[size, size] bool; nearest resize. ``expected_size`` is its image's (width, height)."""
+    mask = _open(path)
+    if mask.size != tuple(expected_size):
+        raise UserError(f"{path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image "
+                        f"({expected_size[0]}x{expected_size[1]})")
+    mask = np.asarray(mask.convert("L").resize((size, size), Image.NEAREST))
+    return mask > 0

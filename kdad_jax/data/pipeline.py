@@ -1,0 +1,71 @@
+"""grain pipelines: seeded shuffle, augmentation and batching for training; plain batches for eval.
+
+The training dataset is a ``grain.MapDataset`` indexed by step, so batch k is the same whatever
+happened before it: a resumed run continues with exactly the batches it would have seen.
+"""
+
+import sys
+from typing import Iterator, Tuple
+
+import grain
+import numpy as np
+
+from kdad_jax.data import augment
+
+
+def split_train_validation(count: int, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``count`` training images; at least one validation image."""
+    if count < 2:
+        raise ValueError("need at least 2 training images to hold out a validation image")
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = min(count - 1, max(1, int(round(fraction * count))))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class _Sources:
+    """Element k = (shuffled training image k, shuffled penalty image k), both repeated forever."""
+
+    def __init__(self, train_images, penalty, seed):
+        self.images = grain.MapDataset.source(train_images).shuffle(seed).repeat()
+        self.penalty = grain.MapDataset.source(penalty).shuffle(seed + 1).repeat()
+
+    def __call__(self, index):
+        return self.images[index], self.penalty[index]
+
+
+class _Augment:
+    def __init__(self, color_jitter: float, penalty_grayscale: float):
+        self.color_jitter = color_jitter
+        self.penalty_grayscale = penalty_grayscale
+
+    def __call__(self, element, rng: np.random.Generator):
+        image, penalty = element
+        image = image.astype(np.float32) / 255.0
+        penalty = penalty.astype(np.float32) / 255.0
+        return {
+            "image": image,
+            "image_aug": augment.color_jitter_one(image, rng, self.color_jitter),
+            "penalty": augment.random_grayscale(penalty, rng, self.penalty_grayscale),
+        }
+
+
+def training_batches(train_images: np.ndarray, penalty, config, start_step: int) -> Iterator[dict]:
+    """Batches for steps ``start_step .. config.train.steps - 1``; each a dict of [B, H, W, 3]."""
+    batch_size = config.train.batch_size
+    sources = _Sources(train_images, penalty, config.seed)
+    dataset = (
+        grain.MapDataset.range(sys.maxsize // 2)
+        .map(sources)
+        .random_map(_Augment(config.train.color_jitter, config.penalty.grayscale_prob),
+                    seed=config.seed)
+        .batch(batch_size, drop_remainder=True)
+        .slice(slice(start_step, config.train.steps))
+    )
+    options = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=4)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def image_batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Fixed-order float32 batches of uint8 [N, H, W, 3] images (the last one may be smaller)."""
+    for start in range(0, len(images), batch_size):
+        yield images[start:start + batch_size].astype(np.float32) / 255.0

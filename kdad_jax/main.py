@@ -1,0 +1,119 @@
+"""kdad_jax entry point.
+
+    python -m kdad_jax.main --config=configs/efficientad.py:demo --workdir=/tmp/run [--mode=train|eval]
+
+The logic lives in importable modules (``run`` below can be called from a notebook).
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kdad_jax import evaluate, train
+from kdad_jax.data import embedded, mvtec
+from kdad_jax.errors import UserError
+from kdad_jax.methods import get_method
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/efficientad.py:demo.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (or resume) then evaluate; eval: evaluate the latest checkpoint.")
+
+
+def resolve_dataset(config, workdir: str):
+    """(root, dataset name). An empty ``config.data.root`` means the embedded dataset."""
+    if config.data.root:
+        return os.path.abspath(config.data.root), os.path.basename(os.path.normpath(config.data.root))
+    root = embedded.ensure(os.path.join(workdir, "embedded_data"), seed=0)
+    return root, "embedded"
+
+
+def run(config, workdir: str, mode: str = "train") -> dict:
+    """Train and/or evaluate every configured category; writes ``<workdir>/results.json``."""
+    start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    root, dataset = resolve_dataset(config, workdir)
+    categories = mvtec.list_categories(root, config.data.category)
+    method = get_method(config)
+    per_category = {}
+    for name in categories:
+        category_start = time.time()
+        data = mvtec.read_category(root, name, config.image_size)
+        print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
+              f"({int(data.test_labels.sum())} anomalous)", flush=True)
+        trained = train.train_category(config, workdir, name, method, data.train,
+                                       resume_only=(mode == "eval"))
+        maps = evaluate.predict_maps(method, trained.params, trained.frozen, trained.stats,
+                                     data.test, config.eval.batch_size)
+        result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks)
+        evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+        result.update(teacher=trained.teacher, train_steps=trained.steps,
+                      seconds=round(time.time() - category_start, 1))
+        per_category[name] = result
+    mean = evaluate.mean_over_categories(per_category)
+    teachers = sorted({r["teacher"] for r in per_category.values()})
+    results = {
+        "method": config.method,
+        "model_size": config.model.size,
+        "dataset": dataset,
+        "data_root": root,
+        "categories": categories,
+        "teacher": teachers[0] if len(teachers) == 1 else teachers,
+        "image_size": config.image_size,
+        "train_steps": config.train.steps,
+        "batch_size": config.train.batch_size,
+        **mean,
+        "per_category": per_category,
+        "seconds": round(time.time() - start, 1),
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(evaluate.format_table(per_category, mean))
+    print(f"teacher: {results['teacher']}; results: {os.path.join(workdir, 'results.json')}; "
+          f"{results['seconds']:.0f} s")
+    return results
+
+
+def _one_line(message: str) -> str:
+    """First and last lines of a multi-line message (absl embeds whole tracebacks)."""
+    lines = [l.strip() for l in message.replace("\\n", "\n").replace("\\'", "'").splitlines() if l.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0][:-1]}: {lines[-1]}"
+    text = " ".join(lines)
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    return text
+
+
+def _parse_flags(argv):
+    """absl's parser, with config mistakes (unknown key, bad preset, bad value) as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+    except (KeyError, AttributeError, ValueError, TypeError) as e:
+        print(f"error: invalid config override: {_one_line(str(e))}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("--config and --workdir are required")
+    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; progress has its own bar
+    try:
+        run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

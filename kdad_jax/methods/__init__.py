@@ -1,0 +1,14 @@
+"""Method registry: ``config.method`` -> a factory building the method's pure functions."""
+
+from kdad_jax.methods import efficientad
+from kdad_jax.methods.base import Method
+
+_FACTORIES = {
+    "efficientad": efficientad.make,
+}
+
+
+def get_method(config) -> Method:
+    if config.method not in _FACTORIES:
+        raise ValueError(f"unknown method {config.method!r}; known: {sorted(_FACTORIES)}")
+    return _FACTORIES[config.method](config)

@@ -1,0 +1,98 @@
+"""Anomaly-detection metrics as the field computes them (numpy, exact, all thresholds).
+
+- AUROC over image scores or pooled pixels;
+- F1-max: the best 2PR/(P+R) over the precision–recall curve, with its threshold;
+- AU-PRO as the official MVTec AD evaluator defines it: 8-connected ground-truth regions per
+  image, the exact PRO-vs-FPR curve over every threshold, integrated up to FPR 0.3 (interpolated
+  there) and divided by 0.3 — never by the curve's end point.
+Functions return None when the labels hold a single class (the metric is undefined).
+"""
+
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+
+def _descending_cumulative(scores: np.ndarray, weights_pos: np.ndarray, weights_neg: np.ndarray):
+    """Cumulative positive/negative weights at each distinct threshold, scores high → low.
+
+    Returns (neg_cum, pos_cum, thresholds); entry i counts every element with score ≥ thresholds[i].
+    """
+    order = np.argsort(scores, kind="stable")[::-1]
+    sorted_scores = scores[order]
+    pos = np.cumsum(weights_pos[order], dtype=np.float64)
+    neg = np.cumsum(weights_neg[order], dtype=np.float64)
+    last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    return neg[last_of_tie], pos[last_of_tie], sorted_scores[last_of_tie]
+
+
+def _binary_counts(scores, labels):
+    scores = np.asarray(scores, np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    if labels.all() or not labels.any():
+        return None
+    return _descending_cumulative(scores, labels.astype(np.float64), (~labels).astype(np.float64))
+
+
+def auroc(scores, labels) -> Optional[float]:
+    counts = _binary_counts(scores, labels)
+    if counts is None:
+        return None
+    fps, tps, _ = counts
+    fpr = np.r_[0.0, fps / fps[-1]]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def f1_max(scores, labels) -> Tuple[Optional[float], Optional[float]]:
+    """(best F1, the score threshold reaching it: predict anomalous when score ≥ threshold)."""
+    counts = _binary_counts(scores, labels)
+    if counts is None:
+        return None, None
+    fps, tps, thresholds = counts
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def _area_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoidal area under y(x) for x in [0, limit]; x ascending, y interpolated at limit."""
+    end = int(np.searchsorted(x, limit, side="right"))
+    xs, ys = x[:end], y[:end]
+    if end < len(x) and xs[-1] < limit:
+        y_limit = ys[-1] + (y[end] - ys[-1]) * (limit - xs[-1]) / (x[end] - xs[-1])
+        xs, ys = np.r_[xs, limit], np.r_[ys, y_limit]
+    return float(np.trapezoid(ys, xs))
+
+
+def pro_curve(maps: np.ndarray, masks: np.ndarray):
+    """(fpr, pro) over all thresholds. maps [N, H, W] float, masks [N, H, W] bool."""
+    maps = np.asarray(maps, np.float64)
+    masks = np.asarray(masks, bool)
+    structure = np.ones((3, 3), bool)  # 8-connectivity
+    region_weights = np.zeros(masks.shape, np.float64)
+    regions = 0
+    for i, mask in enumerate(masks):
+        labeled, count = ndimage.label(mask, structure=structure)
+        if count:
+            sizes = np.bincount(labeled.ravel())
+            region_weights[i] = np.where(labeled > 0, 1.0 / sizes[labeled], 0.0)
+            regions += count
+    normal = ~masks
+    if regions == 0 or not normal.any():
+        return None
+    fp_weights = normal.astype(np.float64) / normal.sum()
+    fps, pros, _ = _descending_cumulative(maps.ravel(), region_weights.ravel() / regions, fp_weights.ravel())
+    return np.r_[0.0, fps], np.r_[0.0, pros]
+
+
+def au_pro(maps, masks, fpr_limit: float = 0.3) -> Optional[float]:
+    """Normalized area under the PRO curve for FPR ≤ ``fpr_limit`` (1.0 = perfect)."""
+    curve = pro_curve(maps, masks)
+    if curve is None:
+        return None
+    fpr, pro = curve
+    return _area_until(fpr, pro, fpr_limit) / fpr_limit

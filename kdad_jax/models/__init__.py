@@ -1,0 +1,1 @@
+"""Pure Flax modules: no losses, no data."""

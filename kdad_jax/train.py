@@ -1,0 +1,182 @@
+"""The generic training loop shared by every method.
+
+One category at a time: load the frozen teacher, split off validation images, compute the
+method's pre-training statistics, run the jitted step with checkpoints every
+``config.train.checkpoint_every`` steps, then calibrate the maps on the validation images and
+save the final state. A rerun with the same workdir resumes from the latest checkpoint.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from tqdm import tqdm
+
+from kdad_jax import checkpoint
+from kdad_jax.data import penalty as penalty_data
+from kdad_jax.data import pipeline
+from kdad_jax.errors import UserError
+from kdad_jax.methods.base import Method
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Any
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass
+class Trained:
+    """What evaluation needs from a trained category."""
+
+    params: Any
+    frozen: Any
+    stats: dict
+    teacher: str
+    steps: int
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam with *coupled* L2 decay (PyTorch Adam's weight_decay), lr ×0.1 at the drop fraction."""
+    return optax.chain(optax.add_decayed_weights(config.train.weight_decay),
+                       optax.adam(learning_rate_schedule(config)))
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+    drop_at = int(config.train.lr_drop_fraction * config.train.steps)
+    return optax.piecewise_constant_schedule(config.train.learning_rate, {drop_at: 0.1})
+
+
+def make_train_step(method: Method, tx: optax.GradientTransformation):
+    """Pure step: (state, frozen, stats, batch, rng) -> (state, metrics). Frozen stays an argument."""
+
+    def step(state, frozen, stats, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, frozen, stats, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state), {"loss": loss, **aux}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def _save(mngr, state, stats, force=False):
+    if force and int(state.step) in mngr.all_steps():
+        mngr.delete(int(state.step))  # replaced by the calibrated final state
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), stats=ocp.args.StandardSave(stats))
+    mngr.save(int(state.step), args=args, force=force)
+    mngr.wait_until_finished()
+
+
+def restore(mngr, method: Method, tx, frozen, rng):
+    """Latest (state, stats) in ``mngr``, or None."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+
+    def fresh_state():
+        params = method.init(rng, frozen)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    abstract = jax.eval_shape(fresh_state)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), stats=ocp.args.StandardRestore()))
+    stats = {k: jnp.asarray(v) for k, v in restored.stats.items()}
+    return restored.state, stats
+
+
+def is_calibrated(stats) -> bool:
+    return not any(np.isnan(np.asarray(v)).any() for v in stats.values())
+
+
+def checkpoint_dir(workdir: str, category: str) -> str:
+    return os.path.join(workdir, "checkpoints", category)
+
+
+def _log_metrics(path, category, step, metrics, lr, elapsed):
+    record = {"category": category, "step": step, "lr": lr, "seconds": round(elapsed, 3)}
+    record.update({k: float(v) for k, v in metrics.items()})
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr):
+    penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
+    batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
+    step_fn = make_train_step(method, tx)
+    schedule_lr = learning_rate_schedule(config)
+    rng = jax.random.key(config.seed + 1)
+    total = config.train.steps
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    start = time.time()
+    bar = tqdm(total=total, initial=int(state.step), desc=category, unit="step", dynamic_ncols=True)
+    for batch in batches:
+        state, metrics = step_fn(state, frozen, stats, batch, rng)
+        step = int(state.step)
+        if step % config.train.log_every == 0 or step == total:
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"{category}: loss is {metrics['loss']} at step {step}; "
+                                         f"the last good checkpoint is kept in {mngr.directory}")
+            _log_metrics(metrics_path, category, step, metrics, float(schedule_lr(step - 1)),
+                         time.time() - start)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        bar.update(1)
+        if step < total and step % config.train.checkpoint_every == 0:
+            _save(mngr, state, stats)
+    bar.close()
+    return state
+
+
+def train_category(config, workdir: str, category: str, method: Method, train_images: np.ndarray,
+                   resume_only: bool = False) -> Trained:
+    """Train (or resume, or just load when finished) one category. train_images: [N, H, W, 3] uint8.
+
+    ``resume_only``: do not train; load the latest checkpoint (for --mode=eval).
+    """
+    rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
+    frozen, teacher = method.load_frozen(rng_teacher)
+    if teacher == "random-init":
+        logging.warning("%s: no teacher checkpoint given (config.teacher.checkpoint): using a FROZEN "
+                        "RANDOMLY-INITIALIZED teacher; results will be weaker than with a pretrained one",
+                        category)
+    fit_idx, val_idx = pipeline.split_train_validation(
+        len(train_images), config.data.validation_fraction, config.seed)
+    tx = make_optimizer(config)
+    mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
+    restored = restore(mngr, method, tx, frozen, rng_init)
+    if restored is None:
+        if resume_only:
+            raise UserError(f"{mngr.directory}: no checkpoint to evaluate; train first")
+        params = method.init(rng_init, frozen)
+        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        stats = method.prepare_stats(frozen, pipeline.image_batches(
+            train_images[fit_idx], config.eval.batch_size))
+    else:
+        state, stats = restored
+        print(f"{category}: resuming from step {int(state.step)} in {mngr.directory}", flush=True)
+
+    trains = int(state.step) < config.train.steps and not resume_only
+    if trains:
+        state = _fit(config, workdir, category, method, tx, state, frozen, stats,
+                     train_images[fit_idx], mngr)
+    # Calibration belongs to the final params: redo it after any training (a checkpoint may carry
+    # quantiles of an earlier, shorter run) and on eval. Held-out *training* images only.
+    if trains or resume_only or not is_calibrated(stats):
+        stats = method.fit_stats(state.params, frozen, stats, pipeline.image_batches(
+            train_images[val_idx], config.eval.batch_size))
+        if not resume_only:
+            _save(mngr, state, stats, force=True)
+    mngr.close()
+    return Trained(state.params, frozen, stats, teacher, int(state.step))

@@ -1,0 +1,35 @@
+"""Heat-map overlay pictures (PIL only): image | heat-map overlay | ground truth."""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] -> [H, W, 3] uint8, a jet-like blue→cyan→yellow→red ramp."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    stops = np.array([[0, 0, 0.5], [0, 0.4, 1], [0, 1, 1], [1, 1, 0], [1, 0.3, 0], [0.6, 0, 0]])
+    position = v * (len(stops) - 1)
+    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
+    frac = position - low
+    colors = stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac
+    return (colors * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5):
+    """image [H, W, 3] uint8, map [H, W] -> blended [H, W, 3] uint8 on a fixed colour scale."""
+    scaled = (amap - vmin) / max(vmax - vmin, 1e-12)
+    return (image * (1 - alpha) + heat_colors(scaled) * alpha).astype(np.uint8)
+
+
+def save_panel(path: str, image, amap, mask, vmin, vmax, title: str) -> None:
+    """One PNG: input, overlay, ground-truth mask (white), with a caption."""
+    h, w = image.shape[:2]
+    gt = np.repeat((np.asarray(mask, np.uint8) * 255)[..., None], 3, axis=-1)
+    panel = np.concatenate([image, overlay(image, amap, vmin, vmax), gt], axis=1)
+    canvas = Image.new("RGB", (panel.shape[1], h + 16), (255, 255, 255))
+    canvas.paste(Image.fromarray(panel), (0, 16))
+    ImageDraw.Draw(canvas).text((2, 2), title, fill=(0, 0, 0))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.save(path)

@@ -1,0 +1,82 @@
+"""Shared fixtures: the real data in ../shared/data and tiny MVTec-layout trees built here."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("KDAD_SHARED_DATA", PROJECT.parent / "shared" / "data"))
+
+
+def shared_path(*parts) -> pathlib.Path:
+    """A path under ../shared/data: skip when absent, fail when KDAD_REQUIRE_SHARED=1."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is missing (the real data lives in ../shared/data beside the project)"
+        if os.environ.get("KDAD_REQUIRE_SHARED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def bottle_root():
+    shared_path("mvtec_ad_256", "bottle")
+    return str(SHARED_DATA / "mvtec_ad_256")
+
+
+@pytest.fixture
+def imagenet_sample():
+    return str(shared_path("imagenet_sample_256"))
+
+
+def _save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+
+
+def build_tree(root: pathlib.Path, category="widget", size=48, n_train=6, n_good=2, n_bad=2, seed=0):
+    """A tiny MVTec-layout tree: RGB, grayscale and RGBA images; a bright square defect + mask.
+
+    Returns the category folder.
+    """
+    rng = np.random.default_rng(seed)
+    base = root / category
+
+    def normal():
+        return (rng.uniform(90, 110, (size, size, 3))).astype(np.uint8)
+
+    for i in range(n_train):
+        image = normal()
+        if i % 3 == 1:  # grayscale
+            _save(base / "train" / "good" / f"{i:03d}.png", image[..., 0], "L")
+        elif i % 3 == 2:  # RGBA
+            _save(base / "train" / "good" / f"{i:03d}.png",
+                  np.concatenate([image, np.full((size, size, 1), 255, np.uint8)], -1), "RGBA")
+        else:
+            _save(base / "train" / "good" / f"{i:03d}.png", image)
+    for i in range(n_good):
+        _save(base / "test" / "good" / f"{i:03d}.png", normal())
+    for i in range(n_bad):
+        image, mask = normal(), np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size - 16, size=2)
+        image[y:y + 12, x:x + 12] = 250
+        mask[y:y + 12, x:x + 12] = 255
+        _save(base / "test" / "square" / f"{i:03d}.png", image)
+        _save(base / "ground_truth" / "square" / f"{i:03d}_mask.png", mask, "L")
+    return base
+
+
+@pytest.fixture
+def tiny_tree(tmp_path):
+    build_tree(tmp_path / "data")
+    return str(tmp_path / "data")
+
+
+def pytest_configure(config):
+    # Compile time dominates the tiny end-to-end runs; tests check values, not speed.
+    import jax
+    jax.config.update("jax_disable_most_optimizations", True)

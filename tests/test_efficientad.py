@@ -1,0 +1,107 @@
+"""EfficientAD pieces against direct numpy computations."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdad_jax.methods import efficientad, get_method
+from tests.conftest import PROJECT
+
+sys.path.insert(0, str(PROJECT / "configs"))
+import efficientad as efficientad_config  # noqa: E402  (configs/ is data, not a package)
+
+
+def test_hard_feature_loss_equals_numpy():
+    d = np.random.default_rng(0).exponential(size=(2, 7, 7, 16)).astype(np.float32)
+    threshold = np.quantile(d, 0.999)
+    expected = d[d >= threshold].mean()
+    assert float(efficientad.hard_feature_loss(jnp.asarray(d), 0.999)) == pytest.approx(expected, rel=1e-5)
+    assert float(efficientad.hard_feature_loss(jnp.asarray(d), 0.5)) == pytest.approx(
+        d[d >= np.quantile(d, 0.5)].mean(), rel=1e-5)
+
+
+def test_hard_feature_loss_gradient_only_through_selected_elements():
+    d = jnp.arange(1000.0)
+    grad = jax.grad(lambda x: efficientad.hard_feature_loss(x, 0.99))(d)
+    selected = np.asarray(d) >= np.quantile(np.arange(1000.0), 0.99)
+    np.testing.assert_allclose(grad, selected / selected.sum(), rtol=1e-6)
+
+
+def test_quantile_normalization_maps_quantiles_to_0_and_0_1():
+    raw = np.random.default_rng(1).gamma(2.0, size=10_000)
+    q_start, q_end = np.quantile(raw, efficientad.MAP_QUANTILES)
+    normalized = np.asarray(efficientad.normalize_map(jnp.asarray([q_start, q_end]), q_start, q_end))
+    np.testing.assert_allclose(normalized, [0.0, 0.1], atol=1e-7)
+
+
+def test_resize_maps_pads_to_quarter_then_upsamples():
+    maps = jnp.ones((1, 56, 56))
+    out = np.asarray(efficientad.resize_maps(maps, (256, 256)))
+    assert out.shape == (1, 256, 256)
+    assert out[0, 128, 128] == pytest.approx(1.0)
+    assert out[0, 0, 0] == pytest.approx(0.0)  # 4-px zero border at feature scale = 16 px
+
+
+def _small_config():
+    config = efficientad_config.get_config("smoke")
+    return config
+
+
+def test_fit_stats_calibrates_on_given_images():
+    config = _small_config()
+    method = get_method(config)
+    frozen, teacher = method.load_frozen(jax.random.key(0))
+    assert teacher == "random-init"
+    params = method.init(jax.random.key(1), frozen)
+    images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [images[:2], images[2:]])
+    assert stats["teacher_mean"].shape == (config.model.out_channels,)
+    assert np.isnan(np.asarray(stats["q_st"])).all()
+    stats = method.fit_stats(params, frozen, stats, [images])
+    maps = np.asarray(method.anomaly_map(params, frozen, stats, images))
+    assert maps.shape == (4, 64, 64)
+    # On the calibration images themselves, the local map's 0.995 quantile is ~0.1 by construction.
+    local, global_ = efficientad._raw_maps(efficientad._Nets(config), params, frozen, stats, images)
+    norm_local = np.asarray(efficientad.normalize_map(local, *stats["q_st"]))
+    assert np.quantile(norm_local, 0.995) == pytest.approx(0.1, abs=1e-5)
+    assert np.quantile(norm_local, 0.9) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_teacher_stats_are_channel_mean_and_std():
+    config = _small_config()
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    images = np.random.default_rng(2).uniform(size=(3, 64, 64, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [images[:1], images[1:]])
+    nets = efficientad._Nets(config)
+    features = np.asarray(efficientad._teacher_features(nets, frozen, images)).reshape(-1, config.model.out_channels)
+    np.testing.assert_allclose(stats["teacher_mean"], features.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["teacher_std"], features.std(0), rtol=1e-3, atol=1e-6)
+
+
+def test_loss_is_sum_of_four_terms():
+    config = _small_config()
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    params = method.init(jax.random.key(1), frozen)
+    rng = np.random.default_rng(3)
+    images = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [images])
+    batch = {k: jnp.asarray(rng.uniform(size=(2, 64, 64, 3)), jnp.float32)
+             for k in ("image", "image_aug", "penalty")}
+    loss, aux = method.loss(params, frozen, stats, batch, jax.random.key(0))
+    assert float(loss) == pytest.approx(sum(float(v) for v in aux.values()), rel=1e-6)
+    assert all(np.isfinite(float(v)) and float(v) > 0 for v in aux.values())
+
+
+def test_config_presets():
+    paper = efficientad_config.get_config("")
+    assert (paper.model.size, paper.train.steps, paper.image_size, paper.train.batch_size) == ("s", 70_000, 256, 1)
+    assert paper.train.learning_rate == 1e-4 and paper.train.weight_decay == 1e-5
+    assert efficientad_config.get_config("m").model.size == "m"
+    assert efficientad_config.get_config("demo,size=m,category=brick").data.category == "brick"
+    with pytest.raises(ValueError):
+        efficientad_config.get_config("bogus")

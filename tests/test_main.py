@@ -1,0 +1,70 @@
+"""The main job end to end with tiny configs: checkpoints, resume, results, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kdad_jax import main as kdad_main
+from tests.conftest import PROJECT
+from tests.test_efficientad import efficientad_config
+
+RESULT_KEYS = {"method", "dataset", "categories", "teacher", "image_size", "train_steps", "image_auroc",
+               "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max", "seconds", "per_category"}
+
+
+def _run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "kdad_jax.main", *args], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_resume_and_eval(tiny_tree, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = efficientad_config.get_config("smoke")
+    config.data.root = tiny_tree
+    results = kdad_main.run(config, workdir)
+    assert RESULT_KEYS <= set(results)
+    assert results["teacher"] == "random-init" and results["categories"] == ["widget"]
+    on_disk = json.load(open(os.path.join(workdir, "results.json")))
+    assert on_disk["per_category"]["widget"]["train_steps"] == 3
+    assert set(os.listdir(os.path.join(workdir, "checkpoints", "widget"))) >= {"3"}
+    assert os.listdir(os.path.join(workdir, "heatmaps", "widget"))
+    logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in logged] == [1, 2, 3]
+
+    # A rerun with more steps resumes from step 3 instead of starting over.
+    config.train.steps = 5
+    results = kdad_main.run(config, workdir)
+    logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
+    assert results["per_category"]["widget"]["train_steps"] == 5
+
+    # Eval-only reproduces the final numbers from the checkpoint.
+    again = kdad_main.run(config, workdir, mode="eval")
+    assert again["image_auroc"] == pytest.approx(results["image_auroc"])
+    assert again["pixel_auroc"] == pytest.approx(results["pixel_auroc"], abs=1e-6)
+
+
+def test_bad_root_is_one_clear_line(tmp_path):
+    proc = _run_cli("--config=configs/efficientad.py:smoke", f"--workdir={tmp_path}",
+                    "--config.data.root=/nonexistent")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "error: /nonexistent: dataset root not found"
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    proc = _run_cli("--config=configs/efficientad.py:smoke", f"--workdir={tmp_path}",
+                    "--config.train.stepz=3")
+    assert proc.returncode != 0
+    assert "stepz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_category_is_one_clear_line(tiny_tree, tmp_path):
+    proc = _run_cli("--config=configs/efficientad.py:smoke", f"--workdir={tmp_path}",
+                    f"--config.data.root={tiny_tree}", "--config.data.category=gizmo")
+    assert proc.returncode == 2
+    assert "gizmo: category not found (available: widget)" in proc.stderr.strip().splitlines()[-1]

@@ -1,0 +1,124 @@
+"""Metrics against scikit-learn, hand-made AU-PRO cases and a slow straightforward AU-PRO."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+from kdad_jax import metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(size=500) + labels * 0.7, 1)  # rounding makes many ties
+    assert metrics.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_auroc_single_class_is_none():
+    assert metrics.auroc(np.arange(5.0), np.zeros(5)) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_f1_max_matches_sklearn_curve(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + labels, 2)
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-300)
+    best, threshold = metrics.f1_max(scores, labels)
+    assert best == pytest.approx(f1[:-1].max(), abs=1e-12)
+    predicted = scores >= threshold
+    tp = np.sum(predicted & (labels == 1))
+    assert best == pytest.approx(2 * tp / (predicted.sum() + labels.sum()), abs=1e-12)
+
+
+def test_au_pro_one_region_fully_found():
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 2:5, 2:5] = True
+    maps = masks.astype(float)  # every anomalous pixel scores above every normal pixel
+    assert metrics.au_pro(maps, masks) == pytest.approx(1.0)
+
+
+def test_au_pro_two_regions_half_found():
+    """Two regions; the detector finds exactly half of each at FPR 0, nothing more until FPR 1.
+
+    PRO = 0.5 on the whole range [0, 0.3] → AU-PRO = 0.5.
+    """
+    masks = np.zeros((1, 20, 20), bool)
+    masks[0, 1:3, 1:5] = True     # region A: 8 px
+    masks[0, 10:14, 10:14] = True  # region B: 16 px
+    maps = np.zeros((1, 20, 20))
+    maps[0, 1:3, 1:3] = 2.0        # half of A
+    maps[0, 10:12, 10:14] = 2.0    # half of B
+    maps[0][~masks[0]] = 1.0       # normal pixels all above the unfound halves
+    assert metrics.au_pro(maps, masks) == pytest.approx(0.5)
+
+
+def test_au_pro_fpr_cutoff_interpolates():
+    """The region is found only once 60 % of the normal pixels are flagged: PRO = 0 on [0, 0.3]."""
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 0, :4] = True  # 4 anomalous px; 96 normal
+    maps = np.zeros((1, 10, 10))
+    normal = np.flatnonzero(~masks[0].ravel())
+    flat = maps[0].ravel()
+    flat[normal[:48]] = 3.0   # half of the normal pixels score highest (FPR jumps 0 → 0.5)
+    flat[masks[0].ravel()] = 2.0
+    flat[normal[48:]] = 1.0
+    assert metrics.au_pro(flat.reshape(1, 10, 10), masks) == pytest.approx(0.0)
+    # Region found at FPR 0 → 1.0; a quarter of normals before it (FPR 0.25), then PRO 1:
+    flat2 = np.where(masks[0].ravel(), 2.0, 1.0)
+    flat2[normal[:24]] = 3.0
+    area = (0.3 - 0.25) * 1.0  # PRO jumps from 0 to 1 at FPR 0.25 (a vertical step)
+    assert metrics.au_pro(flat2.reshape(1, 10, 10), masks) == pytest.approx(area / 0.3)
+
+
+def _slow_au_pro(maps, masks, limit=0.3):
+    """Straightforward definition: loop over every distinct threshold."""
+    regions = []
+    for i, mask in enumerate(masks):
+        labeled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(i, labeled == k) for k in range(1, count + 1)]
+    normal = ~masks
+    points = [(0.0, 0.0)]
+    for t in np.unique(maps)[::-1]:
+        flagged = maps >= t
+        fpr = (flagged & normal).sum() / normal.sum()
+        pro = np.mean([flagged[i][r].mean() for i, r in regions])
+        points.append((fpr, pro))
+    fpr, pro = np.array(points).T
+    keep = fpr <= limit
+    xs, ys = list(fpr[keep]), list(pro[keep])
+    if xs[-1] < limit:
+        j = np.argmax(fpr > limit)
+        ys.append(pro[j - 1] + (pro[j] - pro[j - 1]) * (limit - fpr[j - 1]) / (fpr[j] - fpr[j - 1]))
+        xs.append(limit)
+    return np.trapezoid(ys, xs) / limit
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_au_pro_matches_slow_implementation(seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 16, 16), bool)
+    for i in range(3):
+        for _ in range(2):
+            y, x = rng.integers(0, 12, 2)
+            masks[i, y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+    maps = np.round(rng.uniform(size=masks.shape) + 0.6 * masks, 2)
+    value = metrics.au_pro(maps, masks)
+    assert 0.0 <= value <= 1.0
+    assert value == pytest.approx(_slow_au_pro(maps, masks), abs=1e-9)
+
+
+def test_au_pro_regions_are_eight_connected():
+    """(1,1) touches (2,2) only diagonally: one 3-px region with 8-connectivity.
+
+    Finding (1,1) alone gives PRO 1/3; 4-connectivity would give two regions and (1 + 0) / 2.
+    """
+    masks = np.zeros((1, 6, 6), bool)
+    masks[0, 1, 1] = masks[0, 2, 2] = masks[0, 2, 3] = True
+    maps = np.zeros((1, 6, 6))
+    maps[0, 1, 1] = 1.0
+    fpr, pro = metrics.pro_curve(maps, masks)
+    assert pro[1] == pytest.approx(1 / 3)

@@ -1,0 +1,86 @@
+"""Model shapes, parameter counts and the CPU convolution's exactness."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from kdad_jax.models.autoencoder import AutoEncoder, decoder_sizes
+from kdad_jax.models.conv import conv2d
+from kdad_jax.models.pdn import PDN, feature_size
+
+
+def _count(params):
+    return sum(np.size(p) for p in jax.tree_util.tree_leaves(params))
+
+
+def _conv_params(cin, cout, k):
+    return k * k * cin * cout + cout
+
+
+@pytest.mark.parametrize("size,padded,image,expected", [
+    ("s", False, 256, 56), ("s", True, 256, 64), ("m", False, 256, 56), ("m", True, 256, 64),
+    ("s", False, 128, 24),
+])
+def test_pdn_output_shape(size, padded, image, expected):
+    model = PDN(size, 384, padded)
+    x = jnp.zeros((1, image, image, 3))
+    shape = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x)).shape
+    assert shape == (1, expected, expected, 384)
+    assert feature_size(image, size, padded) == expected
+
+
+def test_pdn_parameter_counts():
+    x = jnp.zeros((1, 64, 64, 3))
+    small = jax.eval_shape(PDN("s", 384).init, jax.random.key(0), x)
+    assert _count(small) == (_conv_params(3, 128, 4) + _conv_params(128, 256, 4)
+                             + _conv_params(256, 256, 3) + _conv_params(256, 384, 4))  # 2 694 144
+    student = jax.eval_shape(PDN("s", 768).init, jax.random.key(0), x)
+    assert _count(student) - _count(small) == _conv_params(256, 768, 4) - _conv_params(256, 384, 4)
+    medium = jax.eval_shape(PDN("m", 384).init, jax.random.key(0), x)
+    assert _count(medium) == (_conv_params(3, 256, 4) + _conv_params(256, 512, 4)
+                              + _conv_params(512, 512, 1) + _conv_params(512, 512, 3)
+                              + _conv_params(512, 384, 4) + _conv_params(384, 384, 1))
+
+
+def test_pdn_too_small_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="too small"):
+        feature_size(16)
+
+
+def test_autoencoder_reference_sizes_at_256():
+    assert decoder_sizes(256) == (3, 8, 15, 32, 63, 127)
+
+
+@pytest.mark.parametrize("image", [256, 128, 96])
+def test_autoencoder_matches_teacher_features(image):
+    features = feature_size(image)
+    model = AutoEncoder((image, image), (features, features), 384)
+    x = jnp.zeros((2, image, image, 3))
+    shape = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x)).shape
+    assert shape == (2, features, features, 384)
+
+
+@pytest.mark.parametrize("shape", [
+    # (batch, side, cin, cout, k, pad): PDN-S/M and autoencoder layer shapes, scaled down
+    (1, 20, 3, 8, 4, 3), (2, 13, 16, 32, 4, 0), (2, 9, 8, 16, 3, 1), (1, 12, 8, 8, 1, 0),
+    (2, 10, 8, 8, 4, 2), (1, 9, 8, 8, 8, 0),
+])
+def test_conv_gradients_equal_lax(shape):
+    b, side, cin, cout, k, pad = shape
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(b, side, side, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(b, side + 2 * pad - k + 1, side + 2 * pad - k + 1, cout)), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=lax.Precision.HIGHEST)
+
+    ours = jax.vjp(lambda x, w: conv2d(x, w, (1, 1), padding), x, w)
+    ref = jax.vjp(reference, x, w)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[0]).max()))
+    for a, r in zip(ours[1](g), ref[1](g)):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
