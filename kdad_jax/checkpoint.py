@@ -6,7 +6,7 @@ training checkpoint: they are reloaded from ``config.teacher.checkpoint`` at sta
 """
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax.serialization
 import jax
@@ -22,18 +22,27 @@ def manager(directory: str, save_every: int, max_to_keep: int = 2) -> ocp.Checkp
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, force: bool = False) -> bool:
-    saved = mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+def save_state(mngr: ocp.CheckpointManager, state: Any, stats: Any, replace: bool = False) -> None:
+    """Save the train state and the method's stats at ``state.step`` (synchronously).
+
+    ``replace``: overwrite an existing checkpoint of the same step (the calibrated final state).
+    """
+    step = int(state.step)
+    if replace and step in mngr.all_steps():
+        mngr.delete(step)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), stats=ocp.args.StandardSave(stats))
+    mngr.save(step, args=args, force=replace)
     mngr.wait_until_finished()
-    return saved
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> Optional[Any]:
-    """Latest state (with the structure of ``abstract_state``) or None when there is none."""
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> Optional[Tuple[Any, dict]]:
+    """(state with the structure of ``abstract_state``, stats dict) at the latest step, or None."""
     step = mngr.latest_step()
     if step is None:
         return None
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), stats=ocp.args.StandardRestore()))
+    return restored.state, {k: jax.numpy.asarray(v) for k, v in restored.stats.items()}
 
 
 def save_params(path: str, params: Any) -> None:

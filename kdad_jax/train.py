@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
@@ -71,29 +70,14 @@ def make_train_step(method: Method, tx: optax.GradientTransformation):
     return jax.jit(step, donate_argnums=(0,))
 
 
-def _save(mngr, state, stats, force=False):
-    if force and int(state.step) in mngr.all_steps():
-        mngr.delete(int(state.step))  # replaced by the calibrated final state
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), stats=ocp.args.StandardSave(stats))
-    mngr.save(int(state.step), args=args, force=force)
-    mngr.wait_until_finished()
-
-
 def restore(mngr, method: Method, tx, frozen, rng):
     """Latest (state, stats) in ``mngr``, or None."""
-    step = mngr.latest_step()
-    if step is None:
-        return None
 
     def fresh_state():
         params = method.init(rng, frozen)
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-    abstract = jax.eval_shape(fresh_state)
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), stats=ocp.args.StandardRestore()))
-    stats = {k: jnp.asarray(v) for k, v in restored.stats.items()}
-    return restored.state, stats
+    return checkpoint.restore_latest(mngr, jax.eval_shape(fresh_state))
 
 
 def is_calibrated(stats) -> bool:
@@ -134,7 +118,7 @@ def _fit(config, workdir, category, method, tx, state, frozen, stats, train_imag
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         bar.update(1)
         if step < total and step % config.train.checkpoint_every == 0:
-            _save(mngr, state, stats)
+            checkpoint.save_state(mngr, state, stats)
     bar.close()
     return state
 
@@ -177,6 +161,6 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
         stats = method.fit_stats(state.params, frozen, stats, pipeline.image_batches(
             train_images[val_idx], config.eval.batch_size))
         if not resume_only:
-            _save(mngr, state, stats, force=True)
+            checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
     return Trained(state.params, frozen, stats, teacher, int(state.step))

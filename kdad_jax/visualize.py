@@ -5,6 +5,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+MIN_SIDE = 256  # pixels: panels of smaller images are enlarged (nearest) to this height
+
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
     """[H, W] values in [0, 1] -> [H, W, 3] uint8, a jet-like blue→cyan→yellow→red ramp."""
@@ -25,11 +27,13 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha
 
 def save_panel(path: str, image, amap, mask, vmin, vmax, title: str) -> None:
     """One PNG: input, overlay, ground-truth mask (white), with a caption."""
-    h, w = image.shape[:2]
+    h = image.shape[0]
     gt = np.repeat((np.asarray(mask, np.uint8) * 255)[..., None], 3, axis=-1)
-    panel = np.concatenate([image, overlay(image, amap, vmin, vmax), gt], axis=1)
-    canvas = Image.new("RGB", (panel.shape[1], h + 16), (255, 255, 255))
-    canvas.paste(Image.fromarray(panel), (0, 16))
+    panel = Image.fromarray(np.concatenate([image, overlay(image, amap, vmin, vmax), gt], axis=1))
+    scale = max(1, -(-MIN_SIDE // h))  # small training sizes are enlarged to stay readable
+    panel = panel.resize((panel.width * scale, panel.height * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (panel.width, panel.height + 16), (255, 255, 255))
+    canvas.paste(panel, (0, 16))
     ImageDraw.Draw(canvas).text((2, 2), title, fill=(0, 0, 0))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     canvas.save(path)

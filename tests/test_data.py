@@ -98,3 +98,14 @@ def test_embedded_category_layout(tmp_path):
     first = (tmp_path / "brick" / "test" / "scratch" / "003.png").read_bytes()
     assert first == (tmp_path / "again" / "brick" / "test" / "scratch" / "003.png").read_bytes()
     assert len(embedded.CATEGORIES) >= 2
+
+
+def test_heatmap_panel_is_readable_size(tmp_path):
+    from kdad_jax import visualize
+    image = np.zeros((64, 64, 3), np.uint8)
+    amap = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    path = str(tmp_path / "panel.png")
+    visualize.save_panel(path, image, amap, amap > 0.5, 0.0, 1.0, "title")
+    assert Image.open(path).size == (3 * 256, 256 + 16)
+    colors = visualize.heat_colors(np.array([0.0, 1.0]))
+    assert colors[0, 2] > colors[0, 0] and colors[1, 0] > colors[1, 2]  # low = blue, high = red
