@@ -109,3 +109,11 @@ def test_heatmap_panel_is_readable_size(tmp_path):
     assert Image.open(path).size == (3 * 256, 256 + 16)
     colors = visualize.heat_colors(np.array([0.0, 1.0]))
     assert colors[0, 2] > colors[0, 0] and colors[1, 0] > colors[1, 2]  # low = blue, high = red
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bit(tmp_path):
+    from kdad_jax.data import images as image_io
+    path = str(tmp_path / "deep.png")
+    Image.fromarray(np.full((8, 8), 65535 // 2, np.uint16)).save(path)
+    rgb = image_io.load_rgb(path, 8)
+    assert rgb.shape == (8, 8, 3) and abs(int(rgb[0, 0, 0]) - 128) <= 1

@@ -105,3 +105,24 @@ def test_config_presets():
     assert efficientad_config.get_config("demo,size=m,category=brick").data.category == "brick"
     with pytest.raises(ValueError):
         efficientad_config.get_config("bogus")
+
+
+def test_teacher_checkpoint_is_loaded_frozen(tmp_path):
+    from kdad_jax import checkpoint
+    from kdad_jax.errors import UserError
+    config = _small_config()
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(7))
+    path = str(tmp_path / "teacher.msgpack")
+    checkpoint.save_params(path, frozen["teacher"])
+    config.teacher.checkpoint = path
+    loaded, description = get_method(config).load_frozen(jax.random.key(0))
+    assert description == path
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(frozen)):
+        np.testing.assert_array_equal(a, b)
+    config.model.out_channels = 8  # a teacher of another shape is refused with the file's name
+    with pytest.raises(UserError, match="teacher.msgpack: parameter shapes do not match"):
+        get_method(config).load_frozen(jax.random.key(0))
+    config.teacher.checkpoint = str(tmp_path / "missing.msgpack")
+    with pytest.raises(UserError, match="missing.msgpack: teacher checkpoint not found"):
+        get_method(config).load_frozen(jax.random.key(0))

@@ -32,8 +32,9 @@ def _open(path: str) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Grayscale, palette, 16-bit and RGBA images -> 8-bit RGB (alpha dropped)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scaled = np.asarray(image, np.float64) / (65535.0 if image.mode != "I" else max(1, np.max(image)))
-        image = Image.fromarray((scaled * 255).round().astype(np.uint8), "L")
+        values = np.asarray(image, np.float64)
+        full_scale = 255.0 if image.mode == "I" and values.max() <= 255 else 65535.0
+        image = Image.fromarray((np.clip(values / full_scale, 0, 1) * 255).round().astype(np.uint8), "L")
     return image.convert("RGB")
 
 
