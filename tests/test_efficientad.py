@@ -126,3 +126,11 @@ def test_teacher_checkpoint_is_loaded_frozen(tmp_path):
     config.teacher.checkpoint = str(tmp_path / "missing.msgpack")
     with pytest.raises(UserError, match="missing.msgpack: teacher checkpoint not found"):
         get_method(config).load_frozen(jax.random.key(0))
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.5, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("size", [1, 2, 7, 1001])
+def test_upper_quantile_equals_numpy_linear_quantile(quantile, size):
+    values = np.random.default_rng(size).normal(size=size).astype(np.float32)
+    got = float(efficientad.upper_quantile(jnp.asarray(values), quantile))
+    assert got == pytest.approx(np.quantile(values.astype(np.float64), quantile), rel=1e-6, abs=1e-6)

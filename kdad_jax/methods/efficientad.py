@@ -5,6 +5,7 @@ regresses the autoencoder. See ``shared/DESIGN.md`` §3 for the facts implemente
 """
 
 import functools
+import math
 from typing import Iterable
 
 import jax
@@ -19,12 +20,30 @@ from kdad_jax.models.pdn import PDN, feature_shape
 MAP_QUANTILES = (0.9, 0.995)  # mapped to 0 and 0.1
 
 
+def upper_quantile(values, quantile: float):
+    """``jnp.quantile(values, quantile)`` (linear interpolation) from a top-k instead of a full sort.
+
+    Only the elements above the quantile are needed: for q = 0.999 that is a top-k of 0.1 % of the
+    elements, ~80× faster on CPU than sorting a 56²·384 tensor.
+    """
+    flat = values.ravel()
+    position = quantile * (flat.size - 1)  # exact in Python floats
+    low = int(math.floor(position))
+    fraction = position - low
+    top = jax.lax.top_k(flat, flat.size - low)[0]  # descending; top[-1] is the low-th smallest
+    # Without the barrier XLA folds "top_k then index" back into a full sort (0.4 s vs 9 ms).
+    top = jax.lax.optimization_barrier(top)
+    if top.shape[0] == 1:
+        return top[0]
+    return top[-1] + fraction * (top[-2] - top[-1])
+
+
 def hard_feature_loss(distance, quantile: float = 0.999):
     """Mean of the elements of ``distance`` at or above its ``quantile`` (no element limit).
 
     The threshold is a constant for the gradient, as in the reference (it only selects elements).
     """
-    threshold = jax.lax.stop_gradient(jnp.quantile(distance, quantile))
+    threshold = jax.lax.stop_gradient(upper_quantile(distance, quantile))
     mask = (distance >= threshold).astype(distance.dtype)
     return jnp.sum(distance * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 

@@ -1,0 +1,114 @@
+"""EfficientAD train step: kdad_jax vs PyTorch eager on the same machine and shapes.
+
+    python benchmarks/train_step.py [--models s,m] [--batches 1,8] [--image-size 256] [--repeats 5]
+
+Prints one JSON object: per model and batch, the median seconds per step after warm-up, the
+train step's compile time, peak RSS (each case runs in its own process) and jax/torch ratios.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+
+
+def _config(size, batch, image_size):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "efficientad_config", os.path.join(os.path.dirname(HERE), "configs", "efficientad.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(size)
+    config.image_size = image_size
+    config.train.batch_size = batch
+    return config
+
+
+def jax_case(size, batch, image_size, repeats):
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from kdad_jax import train
+    from kdad_jax.methods import get_method
+
+    config = _config(size, batch, image_size)
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(batch, image_size, image_size, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [images])
+    tx = train.make_optimizer(config)
+    params = method.init(jax.random.key(1), frozen)
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    batch_arrays = {k: jnp.asarray(rng.uniform(size=images.shape), jnp.float32)
+                    for k in ("image", "image_aug", "penalty")}
+    key = jax.random.key(2)
+    start = time.perf_counter()
+    compiled = train.make_train_step(method, tx).lower(state, frozen, stats, batch_arrays, key).compile()
+    compile_s = time.perf_counter() - start
+    holder = [state]
+
+    def step():
+        holder[0], metrics = compiled(holder[0], frozen, stats, batch_arrays, key)
+        jax.block_until_ready(metrics)
+
+    seconds = common.median_time(step, repeats)
+    return {"jax_s": seconds, "jax_compile_s": compile_s, "jax_peak_rss_mb": common.peak_rss_mb()}
+
+
+def torch_case(size, batch, image_size, repeats):
+    import torch
+
+    import torch_reference
+    from kdad_jax.models.pdn import feature_size
+
+    torch.manual_seed(0)
+    model = torch_reference.EfficientAD(size, image_size, feature_size(image_size, size))
+    x = [torch.rand(batch, 3, image_size, image_size) for _ in range(3)]
+    seconds = common.median_time(lambda: model.train_step(*x), repeats)
+    return {"torch_s": seconds, "torch_peak_rss_mb": common.peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="s,m")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        case = json.loads(args.case)
+        fn = jax_case if case["side"] == "jax" else torch_case
+        print(json.dumps(fn(case["model"], case["batch"], case["image_size"], case["repeats"])))
+        return
+    import jax
+    results = []
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            case = {"model": model, "batch": batch, "image_size": args.image_size, "repeats": args.repeats}
+            row = {"method": f"efficientad-{model}", "batch": batch, "image_size": args.image_size}
+            row.update(common.run_case_in_child(__file__, {**case, "side": "jax"}))
+            if common.torch_available():
+                row.update(common.run_case_in_child(__file__, {**case, "side": "torch"}))
+                if "jax_s" in row and "torch_s" in row:
+                    row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # progress
+    print(json.dumps({"benchmark": "train_step", "unit": "seconds per step (median)",
+                      "machine": f"{platform.machine()} {os.cpu_count()} cpus", "jax": jax.__version__,
+                      "backend": jax.default_backend(), "cases": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
