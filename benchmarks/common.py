@@ -39,3 +39,38 @@ def torch_available() -> bool:
         return True
     except ImportError:
         return False
+
+
+def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
+    """CLI shared by the benchmarks: one child process per (model, batch, side); JSON on stdout."""
+    import argparse
+    import platform
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="s,m")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        case = json.loads(args.case)
+        fn = jax_case if case["side"] == "jax" else torch_case
+        print(json.dumps(fn(case["model"], case["batch"], case["image_size"], case["repeats"])))
+        return
+    import jax
+    results = []
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            case = {"model": model, "batch": batch, "image_size": args.image_size, "repeats": args.repeats}
+            row = {"method": f"efficientad-{model}", "batch": batch, "image_size": args.image_size}
+            row.update(run_case_in_child(script, {**case, "side": "jax"}))
+            if torch_available():
+                row.update(run_case_in_child(script, {**case, "side": "torch"}))
+                if "jax_s" in row and "torch_s" in row:
+                    row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # progress
+    print(json.dumps({"benchmark": benchmark, "unit": unit,
+                      "machine": f"{platform.machine()} {os.cpu_count()} cpus", "jax": jax.__version__,
+                      "backend": jax.default_backend(), "cases": results}, indent=1))

@@ -6,10 +6,7 @@ Prints one JSON object: per model and batch, the median seconds per step after w
 train step's compile time, peak RSS (each case runs in its own process) and jax/torch ratios.
 """
 
-import argparse
-import json
 import os
-import platform
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,36 +76,5 @@ def torch_case(size, batch, image_size, repeats):
     return {"torch_s": seconds, "torch_peak_rss_mb": common.peak_rss_mb(), "torch_threads": torch.get_num_threads()}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="s,m")
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.case:
-        case = json.loads(args.case)
-        fn = jax_case if case["side"] == "jax" else torch_case
-        print(json.dumps(fn(case["model"], case["batch"], case["image_size"], case["repeats"])))
-        return
-    import jax
-    results = []
-    for model in args.models.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            case = {"model": model, "batch": batch, "image_size": args.image_size, "repeats": args.repeats}
-            row = {"method": f"efficientad-{model}", "batch": batch, "image_size": args.image_size}
-            row.update(common.run_case_in_child(__file__, {**case, "side": "jax"}))
-            if common.torch_available():
-                row.update(common.run_case_in_child(__file__, {**case, "side": "torch"}))
-                if "jax_s" in row and "torch_s" in row:
-                    row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
-            results.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)  # progress
-    print(json.dumps({"benchmark": "train_step", "unit": "seconds per step (median)",
-                      "machine": f"{platform.machine()} {os.cpu_count()} cpus", "jax": jax.__version__,
-                      "backend": jax.default_backend(), "cases": results}, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    common.main(__file__, "train_step", "seconds per step (median)", jax_case, torch_case)

@@ -1,6 +1,5 @@
 """Maps for the test images -> metrics, heat-map pictures and the results table."""
 
-import functools
 import os
 from typing import Dict, List
 

@@ -1,6 +1,5 @@
 """The MVTec reader on trees built here and on the real bottle category; pipeline; embedded set."""
 
-import os
 
 import numpy as np
 import pytest

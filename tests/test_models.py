@@ -63,23 +63,25 @@ def test_autoencoder_matches_teacher_features(image):
 
 
 @pytest.mark.parametrize("shape", [
-    # (batch, side, cin, cout, k, pad): PDN-S/M and autoencoder layer shapes, scaled down
+    # (batch, side, cin, cout, k, pad[, stride]): PDN-S/M and autoencoder layer shapes, scaled down
     (1, 20, 3, 8, 4, 3), (2, 13, 16, 32, 4, 0), (2, 9, 8, 16, 3, 1), (1, 12, 8, 8, 1, 0),
-    (2, 10, 8, 8, 4, 2), (1, 9, 8, 8, 8, 0),
+    (2, 10, 8, 8, 4, 2), (1, 9, 8, 8, 8, 0), (2, 16, 3, 8, 4, 1, 2), (1, 11, 8, 8, 4, 1, 2),
 ])
 def test_conv_gradients_equal_lax(shape):
-    b, side, cin, cout, k, pad = shape
+    b, side, cin, cout, k, pad, *stride = shape
+    stride = stride[0] if stride else 1
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(b, side, side, cin)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
-    g = jnp.asarray(rng.normal(size=(b, side + 2 * pad - k + 1, side + 2 * pad - k + 1, cout)), jnp.float32)
+    out = (side + 2 * pad - k) // stride + 1
+    g = jnp.asarray(rng.normal(size=(b, out, out, cout)), jnp.float32)
     padding = ((pad, pad), (pad, pad))
 
     def reference(x, w):
-        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         precision=lax.Precision.HIGHEST)
 
-    ours = jax.vjp(lambda x, w: conv2d(x, w, (1, 1), padding), x, w)
+    ours = jax.vjp(lambda x, w: conv2d(x, w, (stride, stride), padding), x, w)
     ref = jax.vjp(reference, x, w)
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[0]).max()))
     for a, r in zip(ours[1](g), ref[1](g)):

@@ -4,7 +4,6 @@ These compile full-size graphs and run many steps, so compiler optimizations sta
 """
 
 import jax
-import numpy as np
 import pytest
 
 from kdad_jax import main as kdad_main

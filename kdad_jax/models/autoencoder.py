@@ -11,7 +11,8 @@ from typing import Tuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from kdad_jax.models.conv import Conv
 
 
 def decoder_sizes(image_size: int) -> Tuple[int, ...]:
@@ -28,9 +29,9 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x):  # [B, H, W, 3] -> [B, h, w, 64]
         for channels in (32, 32, 64, 64, 64):
-            x = nn.relu(nn.Conv(channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
+            x = nn.relu(Conv(channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
         kh, kw = min(8, x.shape[1]), min(8, x.shape[2])
-        return nn.Conv(64, (kh, kw), padding="VALID")(x)
+        return Conv(64, (kh, kw))(x)
 
 
 class Decoder(nn.Module):
@@ -44,11 +45,11 @@ class Decoder(nn.Module):
         sizes = zip(decoder_sizes(self.image_hw[0]), decoder_sizes(self.image_hw[1]))
         for hw in sizes:
             z = _resize(z, hw)
-            z = nn.relu(nn.Conv(64, (4, 4), padding=((2, 2), (2, 2)))(z))
+            z = nn.relu(Conv(64, (4, 4), padding=((2, 2), (2, 2)))(z))
             z = nn.Dropout(self.dropout_rate, deterministic=not train)(z)
         z = _resize(z, self.feature_hw)
-        z = nn.relu(nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)))(z))
-        return nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)))(z)
+        z = nn.relu(Conv(64, (3, 3), padding=((1, 1), (1, 1)))(z))
+        return Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)))(z)
 
 
 class AutoEncoder(nn.Module):

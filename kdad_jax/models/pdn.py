@@ -8,7 +8,6 @@ as PyTorch's ``AvgPool2d`` does by default.
 from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from kdad_jax.models.conv import Conv
 

@@ -1,0 +1,60 @@
+"""EfficientAD inference (teacher + student + AE + normalization + resize): kdad_jax vs PyTorch.
+
+    python benchmarks/inference.py [--models s,m] [--batches 1,8] [--image-size 256] [--repeats 5]
+
+Prints one JSON object: per model and batch, median seconds per batch and per image after
+warm-up, compile time, peak RSS (each case in its own process) and the jax/torch ratio. The JAX
+side is the function ``evaluate`` uses: ``jax.jit(method.anomaly_map)``, one XLA program.
+"""
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+from train_step import _config  # noqa: E402
+
+
+def jax_case(size, batch, image_size, repeats):
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from kdad_jax.methods import get_method
+
+    config = _config(size, batch, image_size)
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    params = method.init(jax.random.key(1), frozen)
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, image_size, image_size, 3)), jnp.float32)
+    stats = method.prepare_stats(frozen, [np.asarray(images)])
+    stats = {**stats, "q_st": jnp.array([0.0, 1.0]), "q_ae": jnp.array([0.0, 1.0])}
+    start = time.perf_counter()
+    compiled = jax.jit(method.anomaly_map).lower(params, frozen, stats, images).compile()
+    compile_s = time.perf_counter() - start
+    seconds = common.median_time(lambda: jax.block_until_ready(compiled(params, frozen, stats, images)), repeats)
+    return {"jax_s": seconds, "jax_per_image_s": seconds / batch, "jax_compile_s": compile_s,
+            "jax_peak_rss_mb": common.peak_rss_mb()}
+
+
+def torch_case(size, batch, image_size, repeats):
+    import torch
+
+    import torch_reference
+    from kdad_jax.models.pdn import feature_size
+
+    torch.manual_seed(0)
+    model = torch_reference.EfficientAD(size, image_size, feature_size(image_size, size))
+    images = torch.rand(batch, 3, image_size, image_size)
+    seconds = common.median_time(lambda: model.anomaly_map(images), repeats)
+    return {"torch_s": seconds, "torch_per_image_s": seconds / batch,
+            "torch_peak_rss_mb": common.peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+
+
+if __name__ == "__main__":
+    common.main(__file__, "inference", "seconds per batch (median)", jax_case, torch_case)
