@@ -66,6 +66,8 @@ def test_autoencoder_matches_teacher_features(image):
     # (batch, side, cin, cout, k, pad[, stride]): PDN-S/M and autoencoder layer shapes, scaled down
     (1, 20, 3, 8, 4, 3), (2, 13, 16, 32, 4, 0), (2, 9, 8, 16, 3, 1), (1, 12, 8, 8, 1, 0),
     (2, 10, 8, 8, 4, 2), (1, 9, 8, 8, 8, 0), (2, 16, 3, 8, 4, 1, 2), (1, 11, 8, 8, 4, 1, 2),
+    # ResNet-18: 7×7/2 stem, 3×3/1 and 3×3/2 blocks, 1×1/2 downsample
+    (1, 20, 3, 8, 7, 3, 2), (2, 9, 8, 8, 3, 1), (2, 9, 8, 16, 3, 1, 2), (2, 8, 8, 16, 1, 0, 2),
 ])
 def test_conv_gradients_equal_lax(shape):
     b, side, cin, cout, k, pad, *stride = shape
@@ -81,6 +83,8 @@ def test_conv_gradients_equal_lax(shape):
         return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         precision=lax.Precision.HIGHEST)
 
+    np.testing.assert_allclose(conv2d(x, w, (stride, stride), padding), reference(x, w),  # inference path
+                               rtol=1e-5, atol=1e-5 * float(jnp.abs(reference(x, w)).max()))
     ours = jax.vjp(lambda x, w: conv2d(x, w, (stride, stride), padding), x, w)
     ref = jax.vjp(reference, x, w)
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[0]).max()))
