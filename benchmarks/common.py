@@ -33,6 +33,31 @@ def run_case_in_child(script: str, case: dict, timeout: int = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def efficientad_config(size: str, batch: int, image_size: int):
+    """configs/efficientad.py preset ``size`` at the benchmark's batch and image size."""
+    import importlib.util
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "efficientad_config", os.path.join(project, "configs", "efficientad.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(size)
+    config.image_size = image_size
+    config.train.batch_size = batch
+    return config
+
+
+def torch_efficientad(size: str, image_size: int):
+    """The PyTorch reference model, seeded, with the same feature size as kdad_jax's."""
+    import torch
+
+    import torch_reference
+    from kdad_jax.models.pdn import feature_size
+
+    torch.manual_seed(0)
+    return torch_reference.EfficientAD(size, image_size, feature_size(image_size, size))
+
+
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401

@@ -15,7 +15,6 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import common  # noqa: E402
-from train_step import _config  # noqa: E402
 
 
 def jax_case(size, batch, image_size, repeats):
@@ -27,7 +26,7 @@ def jax_case(size, batch, image_size, repeats):
 
     from kdad_jax.methods import get_method
 
-    config = _config(size, batch, image_size)
+    config = common.efficientad_config(size, batch, image_size)
     method = get_method(config)
     frozen, _ = method.load_frozen(jax.random.key(0))
     params = method.init(jax.random.key(1), frozen)
@@ -45,11 +44,7 @@ def jax_case(size, batch, image_size, repeats):
 def torch_case(size, batch, image_size, repeats):
     import torch
 
-    import torch_reference
-    from kdad_jax.models.pdn import feature_size
-
-    torch.manual_seed(0)
-    model = torch_reference.EfficientAD(size, image_size, feature_size(image_size, size))
+    model = common.torch_efficientad(size, image_size)
     images = torch.rand(batch, 3, image_size, image_size)
     seconds = common.median_time(lambda: model.anomaly_map(images), repeats)
     return {"torch_s": seconds, "torch_per_image_s": seconds / batch,

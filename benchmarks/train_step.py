@@ -16,18 +16,6 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402
 
 
-def _config(size, batch, image_size):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "efficientad_config", os.path.join(os.path.dirname(HERE), "configs", "efficientad.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(size)
-    config.image_size = image_size
-    config.train.batch_size = batch
-    return config
-
-
 def jax_case(size, batch, image_size, repeats):
     import time
 
@@ -38,7 +26,7 @@ def jax_case(size, batch, image_size, repeats):
     from kdad_jax import train
     from kdad_jax.methods import get_method
 
-    config = _config(size, batch, image_size)
+    config = common.efficientad_config(size, batch, image_size)
     method = get_method(config)
     frozen, _ = method.load_frozen(jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -66,11 +54,7 @@ def jax_case(size, batch, image_size, repeats):
 def torch_case(size, batch, image_size, repeats):
     import torch
 
-    import torch_reference
-    from kdad_jax.models.pdn import feature_size
-
-    torch.manual_seed(0)
-    model = torch_reference.EfficientAD(size, image_size, feature_size(image_size, size))
+    model = common.torch_efficientad(size, image_size)
     x = [torch.rand(batch, 3, image_size, image_size) for _ in range(3)]
     seconds = common.median_time(lambda: model.train_step(*x), repeats)
     return {"torch_s": seconds, "torch_peak_rss_mb": common.peak_rss_mb(), "torch_threads": torch.get_num_threads()}
