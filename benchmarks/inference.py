@@ -4,7 +4,7 @@
 
 Prints one JSON object: per model and batch, median seconds per batch and per image after
 warm-up, compile time, peak RSS (each case in its own process) and the jax/torch ratio. The JAX
-side is the function ``evaluate`` uses: ``jax.jit(method.anomaly_map)``, one XLA program.
+side is the function ``evaluate`` uses: ``inference.jit(method.anomaly_map)``, one XLA program.
 """
 
 import os
@@ -24,6 +24,7 @@ def jax_case(size, batch, image_size, repeats):
     import jax.numpy as jnp
     import numpy as np
 
+    from kdad_jax import inference
     from kdad_jax.methods import get_method
 
     config = common.efficientad_config(size, batch, image_size)
@@ -34,7 +35,7 @@ def jax_case(size, batch, image_size, repeats):
     stats = method.prepare_stats(frozen, [np.asarray(images)])
     stats = {**stats, "q_st": jnp.array([0.0, 1.0]), "q_ae": jnp.array([0.0, 1.0])}
     start = time.perf_counter()
-    compiled = jax.jit(method.anomaly_map).lower(params, frozen, stats, images).compile()
+    compiled = inference.jit(method.anomaly_map).lower(params, frozen, stats, images).compile()
     compile_s = time.perf_counter() - start
     seconds = common.median_time(lambda: jax.block_until_ready(compiled(params, frozen, stats, images)), repeats)
     return {"jax_s": seconds, "jax_per_image_s": seconds / batch, "jax_compile_s": compile_s,

@@ -3,10 +3,9 @@
 import os
 from typing import Dict, List
 
-import jax
 import numpy as np
 
-from kdad_jax import metrics, visualize
+from kdad_jax import inference, metrics, visualize
 from kdad_jax.data.mvtec import Category
 from kdad_jax.methods.base import Method
 
@@ -15,7 +14,7 @@ METRIC_KEYS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1
 
 def predict_maps(method: Method, params, frozen, stats, images: np.ndarray, batch_size: int):
     """[N, H, W, 3] uint8 -> maps [N, H, W] float32 in fixed-size jitted batches (no recompiles)."""
-    anomaly_map = jax.jit(method.anomaly_map)
+    anomaly_map = inference.jit(method.anomaly_map)
     maps = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size].astype(np.float32) / 255.0

@@ -80,3 +80,14 @@ def pytest_configure(config):
     # Compile time dominates the tiny end-to-end runs; tests check values, not speed.
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
+
+
+def optional_module(name: str, extra: str):
+    """Import an optional dependency: skip when missing, fail when KDAD_REQUIRE_EXTRAS=1 (CI)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        message = f"{name} is not installed (pip install -e '.[{extra}]')"
+        if os.environ.get("KDAD_REQUIRE_EXTRAS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)

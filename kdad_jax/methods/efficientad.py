@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import checkpoint
+from kdad_jax import checkpoint, inference
 from kdad_jax.methods.base import Method, imagenet_normalize
 from kdad_jax.models.autoencoder import AutoEncoder
 from kdad_jax.models.pdn import PDN, feature_shape
@@ -107,7 +107,7 @@ def _prepare_stats(nets, frozen, batches: Iterable[np.ndarray]):
 
     Accumulated in float64 on the host, one batch at a time (no limit on the number of images).
     """
-    features = jax.jit(functools.partial(_teacher_features, nets))
+    features = inference.jit(functools.partial(_teacher_features, nets))
     total, total_sq, count = 0.0, 0.0, 0
     for images in batches:
         f = np.asarray(features(frozen, images), np.float64).reshape(-1, nets.channels)
@@ -167,7 +167,7 @@ def _raw_maps(nets, params, frozen, stats, images):
 
 def _fit_stats(nets, params, frozen, stats, batches: Iterable[np.ndarray]):
     """Quantiles q0.9 and q0.995 of each map type over the validation images (exact, on host)."""
-    raw = jax.jit(functools.partial(_raw_maps, nets))
+    raw = inference.jit(functools.partial(_raw_maps, nets))
     locals_, globals_ = [], []
     for images in batches:
         local, global_ = raw(params, frozen, stats, images)

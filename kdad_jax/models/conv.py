@@ -62,10 +62,17 @@ def _cpu_conv_bwd(strides, padding, residuals, cotangent):
 _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
-def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
-    """NHWC / HWIO convolution; on CPU, k×k kernels get the fast-gradient formulation."""
+def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
+    """NHWC / HWIO convolution; on CPU, dense k×k kernels get the fast-gradient formulation.
+
+    Grouped (e.g. depthwise) convolutions keep XLA's own gradient: they only occur in frozen
+    backbones here, and their patch matrices would not be a single product anyway.
+    """
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if groups > 1:
+        return lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if jax.default_backend() == "cpu" and kernel.shape[0] * kernel.shape[1] > 1:
         return _cpu_conv(x, kernel, strides, padding)
     return _native_conv(x, kernel, strides, padding)
@@ -78,11 +85,15 @@ class Conv(nn.Module):
     kernel_size: Tuple[int, int]
     strides: Tuple[int, int] = (1, 1)
     padding: Sequence[Tuple[int, int]] = ((0, 0), (0, 0))
+    use_bias: bool = True
+    groups: int = 1
 
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (kh, kw, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return conv2d(x, kernel, self.strides, self.padding) + bias
+                            (kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
+        y = conv2d(x, kernel, self.strides, self.padding, self.groups)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return y

@@ -1,0 +1,107 @@
+"""torchvision ResNets as Flax feature extractors (NHWC): ResNet-18/34/50, Wide-ResNet-50-2/101-2.
+
+Module names follow torchvision's state_dict (``layer1_0.conv1`` ↔ ``layer1.0.conv1``), so
+``kdad_jax.convert`` maps checkpoints by name. Padding is explicit and symmetric as in PyTorch
+(a stride-2 3×3 conv pads 1 on both sides, unlike XLA's 'SAME'); the stem's max-pool pads with
+-inf. Returns a dict of the requested taps (``layer1``..``layer4``); stages after the last tap
+are not computed. ``train=False`` uses the BatchNorm running statistics (a frozen teacher);
+``train=True`` normalizes with batch statistics and updates them (a student).
+"""
+
+from typing import Dict, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from kdad_jax.models.conv import Conv
+
+# name -> (block kind, blocks per stage, bottleneck width multiplier)
+ARCHITECTURES = {
+    "resnet18": ("basic", (2, 2, 2, 2), 1),
+    "resnet34": ("basic", (3, 4, 6, 3), 1),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 1),
+    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 2),
+    "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 2),
+}
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+_PLANES = (64, 128, 256, 512)
+
+
+def stage_channels(arch: str) -> Dict[str, int]:
+    kind = ARCHITECTURES[arch][0]
+    expansion = 1 if kind == "basic" else 4
+    return {stage: planes * expansion for stage, planes in zip(STAGES, _PLANES)}
+
+
+def _batch_norm(train: bool, name: str):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _conv(features, kernel, stride, name):
+    pad = kernel // 2
+    return Conv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
+                use_bias=False, name=name)
+
+
+class BasicBlock(nn.Module):
+    planes: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = nn.relu(_batch_norm(train, "bn1")(_conv(self.planes, 3, self.stride, "conv1")(x)))
+        y = _batch_norm(train, "bn2")(_conv(self.planes, 3, 1, "conv2")(y))
+        return nn.relu(y + _shortcut(x, self.planes, self.stride, train))
+
+
+class Bottleneck(nn.Module):
+    planes: int
+    stride: int = 1
+    width_multiplier: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        width = self.planes * self.width_multiplier
+        y = nn.relu(_batch_norm(train, "bn1")(_conv(width, 1, 1, "conv1")(x)))
+        y = nn.relu(_batch_norm(train, "bn2")(_conv(width, 3, self.stride, "conv2")(y)))
+        y = _batch_norm(train, "bn3")(_conv(self.planes * 4, 1, 1, "conv3")(y))
+        return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, train))
+
+
+def _shortcut(x, features, stride, train):
+    """Identity, or torchvision's ``downsample`` (1×1 conv + BN) when the shape changes.
+
+    Called inside a block's compact ``__call__``: the submodules get the block's scope."""
+    if stride == 1 and x.shape[-1] == features:
+        return x
+    y = _conv(features, 1, stride, "downsample_0")(x)
+    return _batch_norm(train, "downsample_1")(y)
+
+
+class ResNet(nn.Module):
+    """Input [B, H, W, 3] (ImageNet-normalized) -> {tap: [B, H/s, W/s, C]}."""
+
+    arch: str = "resnet18"
+    taps: Sequence[str] = ("layer1", "layer2", "layer3")
+
+    @nn.compact
+    def __call__(self, x, train: bool = False) -> Dict[str, jnp.ndarray]:
+        kind, depths, width = ARCHITECTURES[self.arch]
+        unknown = set(self.taps) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown ResNet taps {sorted(unknown)}; choose from {STAGES}")
+        x = nn.relu(_batch_norm(train, "bn1")(_conv(64, 7, 2, "conv1")(x)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        last = max(STAGES.index(t) for t in self.taps)
+        features = {}
+        for index in range(last + 1):
+            for block in range(depths[index]):
+                stride = 2 if block == 0 and index > 0 else 1
+                name = f"{STAGES[index]}_{block}"
+                if kind == "basic":
+                    x = BasicBlock(_PLANES[index], stride, name=name)(x, train)
+                else:
+                    x = Bottleneck(_PLANES[index], stride, width, name=name)(x, train)
+            if STAGES[index] in self.taps:
+                features[STAGES[index]] = x
+        return features
