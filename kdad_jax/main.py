@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import evaluate, train
+from kdad_jax import backbones, evaluate, pretrain, train
 from kdad_jax.data import embedded, mvtec
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
@@ -32,8 +32,20 @@ def resolve_dataset(config, workdir: str):
     return root, "embedded"
 
 
+def _teacher_digests(teachers):
+    """sha256 of each teacher file (None for a random-init teacher), in ``teachers``' order."""
+    digests = [backbones.sha256(t) if os.path.isfile(t) else None for t in teachers]
+    return digests[0] if len(digests) == 1 else digests
+
+
 def run(config, workdir: str, mode: str = "train") -> dict:
-    """Train and/or evaluate every configured category; writes ``<workdir>/results.json``."""
+    """Train and/or evaluate every configured category; writes ``<workdir>/results.json``.
+
+    A teacher-pretraining config (``task = 'pretrain_teacher'``) writes a teacher file instead."""
+    if config.get("task") == "pretrain_teacher":
+        if mode != "train":
+            raise UserError("teacher pretraining has only --mode=train")
+        return pretrain.run(config, workdir)
     start = time.time()
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -65,6 +77,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         "data_root": root,
         "categories": categories,
         "teacher": teachers[0] if len(teachers) == 1 else teachers,
+        "teacher_sha256": _teacher_digests(teachers),
         "image_size": config.image_size,
         "train_steps": config.train.steps,
         "batch_size": config.train.batch_size,

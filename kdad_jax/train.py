@@ -98,22 +98,29 @@ def _log_metrics(path, category, step, metrics, lr, elapsed):
 def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr):
     penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
     batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
+    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr)
+
+
+def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr):
+    """The loop every training job shares: jitted steps over ``batches`` (which start at
+    ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
+    ``config.train.log_every`` steps, checkpoints every ``config.train.checkpoint_every``."""
     step_fn = make_train_step(method, tx)
     schedule_lr = learning_rate_schedule(config)
     rng = jax.random.key(config.seed + 1)
     total = config.train.steps
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     start = time.time()
-    bar = tqdm(total=total, initial=int(state.step), desc=category, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=int(state.step), desc=name, unit="step", dynamic_ncols=True)
     for batch in batches:
         state, metrics = step_fn(state, frozen, stats, batch, rng)
         step = int(state.step)
         if step % config.train.log_every == 0 or step == total:
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"{category}: loss is {metrics['loss']} at step {step}; "
+                raise FloatingPointError(f"{name}: loss is {metrics['loss']} at step {step}; "
                                          f"the last good checkpoint is kept in {mngr.directory}")
-            _log_metrics(metrics_path, category, step, metrics, float(schedule_lr(step - 1)),
+            _log_metrics(metrics_path, name, step, metrics, float(schedule_lr(step - 1)),
                          time.time() - start)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         bar.update(1)

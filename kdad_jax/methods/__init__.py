@@ -1,10 +1,11 @@
 """Method registry: ``config.method`` -> a factory building the method's pure functions."""
 
-from kdad_jax.methods import efficientad
+from kdad_jax.methods import efficientad, teacher_pretraining
 from kdad_jax.methods.base import Method
 
 _FACTORIES = {
     "efficientad": efficientad.make,
+    "efficientad_teacher": teacher_pretraining.make,
 }
 
 

