@@ -7,7 +7,8 @@ Presets (the part after ':' in --config):
   m           EfficientAD-M, otherwise the paper settings.
   demo        the offline embedded dataset (brick and gravel of its three categories), sized to
               train and evaluate in about 10 minutes on a 2-core CPU: 96² images, batch 1,
-              300 steps at lr 1e-3 (short schedules need the larger step).
+              300 steps at lr 1e-3 (short schedules need the larger step), with the shipped
+              PDN-S teacher distilled from EfficientNet-Lite0 (builtin:pdn_s_efficientnet_lite0).
   smoke       seconds, for tests: 64² images, 3 steps.
 Options may follow after a comma, e.g. 'demo,size=m'.
 """
@@ -27,7 +28,9 @@ def _base():
     c.model.padded = False        # reference implementations train and infer without padding
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.checkpoint = ""     # msgpack file or Orbax dir of PDN teacher params; '' = random init
+    # msgpack file or Orbax dir of PDN teacher params, 'builtin:pdn_s_efficientnet_lite0' (shipped,
+    # distilled here from EfficientNet-Lite0), or '' = a frozen random-init teacher.
+    c.teacher.checkpoint = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
@@ -65,6 +68,7 @@ def _apply_preset(c, preset):
     elif preset == "demo":
         c.image_size = 96
         c.data.category = "brick,gravel"
+        c.teacher.checkpoint = "builtin:pdn_s_efficientnet_lite0"
         c.train.steps = 300
         c.train.batch_size = 1
         c.train.learning_rate = 1e-3
@@ -96,4 +100,6 @@ def get_config(arg: str = ""):
             c.data.category = value
         else:
             raise ValueError(f"unknown config argument {key!r}")
+    if c.teacher.checkpoint.startswith("builtin:pdn_s") and (c.model.size != "s" or c.model.out_channels != 384):
+        c.teacher.checkpoint = ""  # the shipped teacher is a PDN-S with 384 channels
     return c

@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import backbones, evaluate, pretrain, train
+from kdad_jax import backbones, evaluate, pretrain, teachers, train
 from kdad_jax.data import embedded, mvtec
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
@@ -51,6 +51,11 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     root, dataset = resolve_dataset(config, workdir)
+    if config.teacher.checkpoint.startswith(teachers.PREFIX):
+        name = config.teacher.checkpoint[len(teachers.PREFIX):]
+        made = teachers.record(name) if name in teachers.BUILTIN else {}
+        print(f"teacher: built-in {name} (distilled here from {made.get('backbone', '?').split(' ')[0]}, "
+              f"{made.get('steps', '?')} steps; see kdad_jax/teachers/{name}.json)", flush=True)
     categories = mvtec.list_categories(root, config.data.category)
     method = get_method(config)
     per_category = {}
@@ -69,15 +74,15 @@ def run(config, workdir: str, mode: str = "train") -> dict:
                       seconds=round(time.time() - category_start, 1))
         per_category[name] = result
     mean = evaluate.mean_over_categories(per_category)
-    teachers = sorted({r["teacher"] for r in per_category.values()})
+    teacher_files = sorted({r["teacher"] for r in per_category.values()})
     results = {
         "method": config.method,
         "model_size": config.model.size,
         "dataset": dataset,
         "data_root": root,
         "categories": categories,
-        "teacher": teachers[0] if len(teachers) == 1 else teachers,
-        "teacher_sha256": _teacher_digests(teachers),
+        "teacher": teacher_files[0] if len(teacher_files) == 1 else teacher_files,
+        "teacher_sha256": _teacher_digests(teacher_files),
         "image_size": config.image_size,
         "train_steps": config.train.steps,
         "batch_size": config.train.batch_size,

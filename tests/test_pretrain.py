@@ -105,3 +105,23 @@ def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
     assert len(source) == 5 and source[4].shape == (64, 64, 3) and source[4].dtype == np.uint8
     record = kdad_main.run(config, str(tmp_path / "pre"))
     assert record["steps"] == 3 and np.isfinite(record["final_loss"])
+
+
+def test_builtin_teacher_loads_and_its_record_matches():
+    from kdad_jax import teachers
+
+    path = teachers.resolve("builtin:pdn_s_efficientnet_lite0")
+    made = teachers.record("pdn_s_efficientnet_lite0")
+    assert made["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert made["steps"] > 0 and made["model_size"] == "s"
+    config = efficientad_config.get_config("demo")
+    assert config.teacher.checkpoint == "builtin:pdn_s_efficientnet_lite0"
+    assert efficientad_config.get_config("demo,size=m").teacher.checkpoint == ""
+    from kdad_jax.methods import get_method
+    import jax
+    frozen, description = get_method(config).load_frozen(jax.random.key(0))
+    assert description == path
+    kernel = frozen["teacher"]["params"]["Conv_0"]["kernel"]
+    assert kernel.dtype == np.float32 and kernel.shape == (4, 4, 3, 128) and np.isfinite(kernel).all()
+    with pytest.raises(Exception, match="unknown built-in teacher"):
+        teachers.resolve("builtin:nope")

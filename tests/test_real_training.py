@@ -42,6 +42,7 @@ def test_embedded_run_separates_anomalies(tmp_path, optimized_jit):
     root = str(tmp_path / "data")
     embedded.write_category(root, "brick", seed=0)
     config = efficientad_config.get_config("demo,category=brick")
+    config.teacher.checkpoint = ""  # the figures above are the random-init teacher's
     config.data.root = root
     config.train.steps = 150
     results = kdad_main.run(config, str(tmp_path / "run"))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import checkpoint, inference
+from kdad_jax import checkpoint, inference, teachers
 from kdad_jax.methods.base import Method, imagenet_normalize
 from kdad_jax.models.autoencoder import AutoEncoder
 from kdad_jax.models.pdn import PDN, feature_shape
@@ -82,7 +82,7 @@ class _Nets:
 def _load_frozen(nets, config, rng):
     dummy = jnp.zeros((1, *nets.image_hw, 3), jnp.float32)
     abstract = jax.eval_shape(nets.teacher.init, rng, dummy)
-    path = config.teacher.checkpoint
+    path = teachers.resolve(config.teacher.checkpoint)
     if path:
         params = checkpoint.load_params(path, abstract)
         return {"teacher": params}, os.path.abspath(path)
