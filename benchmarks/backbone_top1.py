@@ -41,15 +41,12 @@ def load_sample(folder: str, crop: int = 224):
 
 
 def flax_top1(variant: str, images: np.ndarray, labels: np.ndarray, batch: int = 50) -> float:
-    import jax
-
     from kdad_jax import backbones, inference
 
     backbone = backbones.load(variant, ("logits",))
     apply = inference.jit(lambda x: backbone.module.apply(backbone.variables, x)["logits"])
     predictions = np.concatenate([np.asarray(apply(images[i:i + batch])).argmax(-1)
                                   for i in range(0, len(images), batch)])
-    del jax
     return float((predictions == labels).mean())
 
 

@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any, NamedTuple
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -45,6 +46,34 @@ def efficientad_config(size: str, batch: int, image_size: int):
     config.image_size = image_size
     config.train.batch_size = batch
     return config
+
+
+class JaxSetup(NamedTuple):
+    config: Any
+    method: Any
+    frozen: Any
+    params: Any
+    images: Any        # [B, S, S, 3] float32 numpy, uniform in [0, 1)
+    stats: Any         # teacher statistics over ``images``
+    rng: Any           # the numpy generator that drew ``images``, for further draws
+
+
+def efficientad_setup(size: str, batch: int, image_size: int) -> JaxSetup:
+    """What both JAX benchmark cases start from: config, method, frozen teacher, trainable params,
+    seeded random images and the teacher statistics on them."""
+    import jax
+    import numpy as np
+
+    from kdad_jax.methods import get_method
+
+    config = efficientad_config(size, batch, image_size)
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    params = method.init(jax.random.key(1), frozen)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(batch, image_size, image_size, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [images])
+    return JaxSetup(config, method, frozen, params, images, stats, rng)
 
 
 def torch_efficientad(size: str, image_size: int):

@@ -22,18 +22,13 @@ def jax_case(size, batch, image_size, repeats):
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from kdad_jax import inference
-    from kdad_jax.methods import get_method
 
-    config = common.efficientad_config(size, batch, image_size)
-    method = get_method(config)
-    frozen, _ = method.load_frozen(jax.random.key(0))
-    params = method.init(jax.random.key(1), frozen)
-    images = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, image_size, image_size, 3)), jnp.float32)
-    stats = method.prepare_stats(frozen, [np.asarray(images)])
-    stats = {**stats, "q_st": jnp.array([0.0, 1.0]), "q_ae": jnp.array([0.0, 1.0])}
+    setup = common.efficientad_setup(size, batch, image_size)
+    method, frozen, params = setup.method, setup.frozen, setup.params
+    images = jnp.asarray(setup.images)
+    stats = {**setup.stats, "q_st": jnp.array([0.0, 1.0]), "q_ae": jnp.array([0.0, 1.0])}
     start = time.perf_counter()
     compiled = inference.jit(method.anomaly_map).lower(params, frozen, stats, images).compile()
     compile_s = time.perf_counter() - start

@@ -21,21 +21,14 @@ def jax_case(size, batch, image_size, repeats):
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from kdad_jax import train
-    from kdad_jax.methods import get_method
 
-    config = common.efficientad_config(size, batch, image_size)
-    method = get_method(config)
-    frozen, _ = method.load_frozen(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    images = rng.uniform(size=(batch, image_size, image_size, 3)).astype(np.float32)
-    stats = method.prepare_stats(frozen, [images])
-    tx = train.make_optimizer(config)
-    params = method.init(jax.random.key(1), frozen)
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    batch_arrays = {k: jnp.asarray(rng.uniform(size=images.shape), jnp.float32)
+    setup = common.efficientad_setup(size, batch, image_size)
+    method, frozen, stats = setup.method, setup.frozen, setup.stats
+    tx = train.make_optimizer(setup.config)
+    state = train.TrainState(jnp.zeros((), jnp.int32), setup.params, tx.init(setup.params))
+    batch_arrays = {k: jnp.asarray(setup.rng.uniform(size=setup.images.shape), jnp.float32)
                     for k in ("image", "image_aug", "penalty")}
     key = jax.random.key(2)
     start = time.perf_counter()

@@ -51,11 +51,11 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     root, dataset = resolve_dataset(config, workdir)
-    if config.teacher.checkpoint.startswith(teachers.PREFIX):
-        name = config.teacher.checkpoint[len(teachers.PREFIX):]
-        made = teachers.record(name) if name in teachers.BUILTIN else {}
-        print(f"teacher: built-in {name} (distilled here from {made.get('backbone', '?').split(' ')[0]}, "
-              f"{made.get('steps', '?')} steps; see kdad_jax/teachers/{name}.json)", flush=True)
+    builtin = teachers.builtin_name(config.teacher.checkpoint)
+    if builtin:
+        made = teachers.record(builtin)
+        print(f"teacher: built-in {builtin} (distilled here from {made['backbone'].split(' ')[0]}, "
+              f"{made['steps']} steps; see kdad_jax/teachers/{builtin}.json)", flush=True)
     categories = mvtec.list_categories(root, config.data.category)
     method = get_method(config)
     per_category = {}

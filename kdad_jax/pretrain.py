@@ -28,25 +28,6 @@ from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
 
 
-class _ResizedFolder:
-    """Random access to every image under ``root`` resized to size × size (RGB uint8)."""
-
-    def __init__(self, root: str, size: int):
-        if not os.path.isdir(root):
-            raise UserError(f"{root}: pretraining image folder not found")
-        self.paths = image_io.list_images(root, recursive=True)
-        if not self.paths:
-            raise UserError(f"{root}: no images in the pretraining folder")
-        self.size = size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        with Image.open(self.paths[index]) as image:
-            return np.asarray(image_io.to_rgb(image).resize((self.size, self.size), Image.BILINEAR))
-
-
 class _TfdsSource:
     """Random access to a prepared TFDS dataset (array_record; no TensorFlow needed to read it),
     e.g. ``imagenet2012`` after ``tfds build``. Images resized to size × size (RGB uint8)."""
@@ -71,7 +52,7 @@ class _TfdsSource:
         image = np.asarray(self.source[index][self.image_key])
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
-        return np.asarray(image_io.to_rgb(Image.fromarray(image)).resize((self.size, self.size), Image.BILINEAR))
+        return image_io.resize_rgb(Image.fromarray(image), self.size)
 
 
 class _Concat:
@@ -96,11 +77,9 @@ def image_source(config):
                                    config.data.tfds_data_dir, config.data.tfds_image_key,
                                    config.image_size))
     if config.data.root:
-        sources.append(_ResizedFolder(config.data.root, config.image_size))
+        sources.append(image_io.FolderSource(config.data.root, config.image_size, kind="pretraining"))
     if config.data.include_skimage or not sources:
-        sources.append(photo_sources.ArraySource([
-            np.asarray(Image.fromarray(a).resize((config.image_size,) * 2, Image.BILINEAR))
-            for a in photo_sources.skimage_photos(config.image_size).arrays]))
+        sources.append(photo_sources.skimage_photos(config.image_size))
     return _Concat(sources)
 
 

@@ -119,7 +119,8 @@ def _read_legacy_pth(path: str):
             raise StateDictError(f"{path}: not a PyTorch checkpoint ({error})") from None
         if magic != _LEGACY_MAGIC:
             raise StateDictError(f"{path}: not a PyTorch checkpoint (bad magic number)")
-        protocol, _sys_info = header.load(), header.load()
+        protocol = header.load()
+        header.load()  # system info (byte order, type sizes): little-endian assumed, as torch writes
         if protocol != 1001:
             raise StateDictError(f"{path}: unsupported legacy protocol {protocol}")
         pending = {}

@@ -186,14 +186,14 @@ def test_pdn_reference_layout_converts(tmp_path, size):
 
 # ---------------------------------------------------------------- file formats and errors
 
-def _small_state(torch):
+def _small_state():
     return randomize(torch_pdn("s")).state_dict()
 
 
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_pth_reader_matches_torch_load(tmp_path, zip_format):
     torch = _torch()
-    state = _small_state(torch)
+    state = _small_state()
     state["strided"] = torch.arange(24.0).reshape(4, 6).t()  # non-contiguous view
     state["half"] = torch.randn(3, 5).half()
     path = tmp_path / "x.pth"
@@ -240,7 +240,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 def test_conversion_errors_name_the_problem(tmp_path):
     torch = _torch()
-    state = _small_state(torch)
+    state = _small_state()
     path = tmp_path / "teacher.pth"
     torch.save(state, path)
     with pytest.raises(convert.ConversionError, match="shape mismatch"):
@@ -257,13 +257,13 @@ def test_conversion_errors_name_the_problem(tmp_path):
 def test_convert_cli_writes_a_teacher_the_loader_reads(tmp_path, capsys):
     torch = _torch()
     src, dst = tmp_path / "teacher_small.pth", tmp_path / "teacher_small.msgpack"
-    torch.save(_small_state(torch), src)
+    torch.save(_small_state(), src)
     assert convert.main(["--arch", "pdn_s", "--src", str(src), "--dst", str(dst)]) == 0
     abstract = jax.eval_shape(PDN("s", 384).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     from kdad_jax import checkpoint
     params = checkpoint.load_params(str(dst), abstract)
     np.testing.assert_allclose(params["params"]["Conv_0"]["kernel"],
-                               _small_state(torch)["0.weight"].numpy().transpose(2, 3, 1, 0))
+                               _small_state()["0.weight"].numpy().transpose(2, 3, 1, 0))
     assert convert.main(["--arch", "resnet18", "--src", str(src), "--dst", str(dst)]) == 2
     assert "does not match resnet18" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Reading image and mask files into uint8 arrays, with errors that name the file."""
 
 import os
-from typing import Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,12 +42,37 @@ def original_size(path: str) -> Tuple[int, int]:
     return _open(path).size
 
 
-def load_rgb(path: str, size: int) -> np.ndarray:
-    """[size, size, 3] uint8, bilinear resize."""
-    image = to_rgb(_open(path))
+def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """Any PIL image -> [size, size, 3] uint8 RGB, bilinear resize."""
+    image = to_rgb(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.asarray(image, np.uint8)
+
+
+def load_rgb(path: str, size: int) -> np.ndarray:
+    """[size, size, 3] uint8, bilinear resize."""
+    return resize_rgb(_open(path), size)
+
+
+class FolderSource:
+    """Random access to the images under ``root`` (recursive), read lazily with ``load(path, size)``:
+    ImageNet-sized folders fit. ``kind`` names the folder in error messages."""
+
+    def __init__(self, root: str, size: int, load: Callable[[str, int], np.ndarray] = load_rgb,
+                 kind: str = "image"):
+        if not os.path.isdir(root):
+            raise UserError(f"{root}: {kind} image folder not found")
+        self.paths = list_images(root, recursive=True)
+        if not self.paths:
+            raise UserError(f"{root}: no images in {kind} folder")
+        self.size, self.load = size, load
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.load(self.paths[index], self.size)
 
 
 def load_mask(path: str, size: int, expected_size: Tuple[int, int]) -> np.ndarray:

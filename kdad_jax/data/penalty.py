@@ -21,28 +21,17 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.crop((start, start, start + size, start + size)), np.uint8)
 
 
-class FolderSource:
-    """Random-access source over an image folder (recursive), read lazily: ImageNet-sized folders fit."""
+def _load_prepared(path: str, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return prepare(image, size)
+    except OSError as e:
+        raise UserError(f"{path}: unreadable penalty image ({e})") from None
 
-    def __init__(self, root: str, size: int):
-        import os
-        if not os.path.isdir(root):
-            raise UserError(f"{root}: penalty image folder not found")
-        self.paths = image_io.list_images(root, recursive=True)
-        if not self.paths:
-            raise UserError(f"{root}: no images in penalty folder")
-        self.size = size
 
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                return prepare(image, self.size)
-        except OSError as e:
-            raise UserError(f"{path}: unreadable penalty image ({e})") from None
+def folder_source(root: str, size: int) -> image_io.FolderSource:
+    """Penalty images under ``root`` (recursive), read lazily: ImageNet-sized folders fit."""
+    return image_io.FolderSource(root, size, load=_load_prepared, kind="penalty")
 
 
 class ArraySource:
@@ -71,4 +60,4 @@ def skimage_photos(size: int) -> ArraySource:
 
 
 def penalty_source(root: str, size: int):
-    return FolderSource(root, size) if root else skimage_photos(size)
+    return folder_source(root, size) if root else skimage_photos(size)

@@ -31,8 +31,8 @@ def _patch_matmul_conv(x, kernel, strides=(1, 1)):
     return out.reshape(b, ho, wo, cout)
 
 
-def _native_conv(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding,
+def _native_conv(x, kernel, strides, padding, groups=1):
+    return lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -71,8 +71,7 @@ def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if groups > 1:
-        return lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return _native_conv(x, kernel, strides, padding, groups)
     if jax.default_backend() == "cpu" and kernel.shape[0] * kernel.shape[1] > 1:
         return _cpu_conv(x, kernel, strides, padding)
     return _native_conv(x, kernel, strides, padding)

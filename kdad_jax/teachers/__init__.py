@@ -7,6 +7,7 @@ config, steps, final loss, sha256 — is recorded in the ``.json`` beside it.
 
 import json
 import os
+from typing import Optional
 
 from kdad_jax.errors import UserError
 
@@ -15,14 +16,20 @@ _FOLDER = os.path.dirname(os.path.abspath(__file__))
 BUILTIN = ("pdn_s_efficientnet_lite0",)
 
 
-def resolve(checkpoint: str) -> str:
-    """``builtin:<name>`` -> the packaged file's path; any other value is returned unchanged."""
+def builtin_name(checkpoint: str) -> Optional[str]:
+    """``builtin:<name>`` -> name (checked); any other value -> None."""
     if not checkpoint.startswith(PREFIX):
-        return checkpoint
+        return None
     name = checkpoint[len(PREFIX):]
     if name not in BUILTIN:
         raise UserError(f"unknown built-in teacher {name!r}; available: {', '.join(BUILTIN)}")
-    return os.path.join(_FOLDER, f"{name}.msgpack")
+    return name
+
+
+def resolve(checkpoint: str) -> str:
+    """``builtin:<name>`` -> the packaged file's path; any other value is returned unchanged."""
+    name = builtin_name(checkpoint)
+    return checkpoint if name is None else os.path.join(_FOLDER, f"{name}.msgpack")
 
 
 def record(name: str) -> dict:
