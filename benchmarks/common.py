@@ -34,18 +34,34 @@ def run_case_in_child(script: str, case: dict, timeout: int = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def efficientad_config(size: str, batch: int, image_size: int):
-    """configs/efficientad.py preset ``size`` at the benchmark's batch and image size."""
+# benchmark model name -> (config file, preset, method name in the JSON)
+MODELS = {"s": ("efficientad", "s", "efficientad-s"), "m": ("efficientad", "m", "efficientad-m"),
+          "stfpm": ("stfpm", "", "stfpm-resnet18")}
+
+
+def model_config(model: str, batch: int, image_size: int):
+    """The config of benchmark model ``model`` at the benchmark's batch and image size.
+
+    STFPM gets a random-init ResNet-18 teacher (``teacher.fallback=''``): speed does not depend on
+    the weights, and no checkpoint is needed."""
     import importlib.util
+    name, preset, _ = MODELS[model]
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(
-        "efficientad_config", os.path.join(project, "configs", "efficientad.py"))
+        f"{name}_config", os.path.join(project, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(size)
+    config = module.get_config(preset)
     config.image_size = image_size
     config.train.batch_size = batch
+    if "fallback" in config.teacher:
+        config.teacher.fallback = ""
     return config
+
+
+def batch_keys(model: str):
+    """The images a train step of ``model`` takes (the torch reference's train_step order)."""
+    return ("image",) if model == "stfpm" else ("image", "image_aug", "penalty")
 
 
 class JaxSetup(NamedTuple):
@@ -53,12 +69,13 @@ class JaxSetup(NamedTuple):
     method: Any
     frozen: Any
     params: Any
+    model_state: Any   # BatchNorm statistics of the trained networks ({} for EfficientAD)
     images: Any        # [B, S, S, 3] float32 numpy, uniform in [0, 1)
     stats: Any         # teacher statistics over ``images``
     rng: Any           # the numpy generator that drew ``images``, for further draws
 
 
-def efficientad_setup(size: str, batch: int, image_size: int) -> JaxSetup:
+def jax_setup(model: str, batch: int, image_size: int) -> JaxSetup:
     """What both JAX benchmark cases start from: config, method, frozen teacher, trainable params,
     seeded random images and the teacher statistics on them."""
     import jax
@@ -66,25 +83,27 @@ def efficientad_setup(size: str, batch: int, image_size: int) -> JaxSetup:
 
     from kdad_jax.methods import get_method
 
-    config = efficientad_config(size, batch, image_size)
+    config = model_config(model, batch, image_size)
     method = get_method(config)
     frozen, _ = method.load_frozen(jax.random.key(0))
-    params = method.init(jax.random.key(1), frozen)
+    params, model_state = method.init(jax.random.key(1), frozen)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(batch, image_size, image_size, 3)).astype(np.float32)
     stats = method.prepare_stats(frozen, [images])
-    return JaxSetup(config, method, frozen, params, images, stats, rng)
+    return JaxSetup(config, method, frozen, params, model_state, images, stats, rng)
 
 
-def torch_efficientad(size: str, image_size: int):
-    """The PyTorch reference model, seeded, with the same feature size as kdad_jax's."""
+def torch_model(model: str, image_size: int):
+    """The PyTorch reference model, seeded, with the same shapes as kdad_jax's."""
     import torch
 
     import torch_reference
     from kdad_jax.models.pdn import feature_size
 
     torch.manual_seed(0)
-    return torch_reference.EfficientAD(size, image_size, feature_size(image_size, size))
+    if model == "stfpm":
+        return torch_reference.STFPM("resnet18")
+    return torch_reference.EfficientAD(model, image_size, feature_size(image_size, model))
 
 
 def torch_available() -> bool:
@@ -101,7 +120,7 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
     import platform
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="s,m")
+    parser.add_argument("--models", default="s,m", help=f"any of {','.join(MODELS)}")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
@@ -117,7 +136,7 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             case = {"model": model, "batch": batch, "image_size": args.image_size, "repeats": args.repeats}
-            row = {"method": f"efficientad-{model}", "batch": batch, "image_size": args.image_size}
+            row = {"method": MODELS[model][2], "batch": batch, "image_size": args.image_size}
             row.update(run_case_in_child(script, {**case, "side": "jax"}))
             if torch_available():
                 row.update(run_case_in_child(script, {**case, "side": "torch"}))

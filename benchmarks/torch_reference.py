@@ -1,8 +1,10 @@
-"""EfficientAD in PyTorch eager, written for the benchmarks only (NCHW, CPU).
+"""The methods in PyTorch eager, written for the benchmarks and reference tests (NCHW, CPU).
 
-Same computation as kdad_jax's EfficientAD: PDN teacher (frozen), PDN student with 2·C outputs,
-autoencoder, the four losses, Adam with coupled weight decay; inference = teacher + student + AE,
-quantile normalization, padding to S/4 and bilinear resize. Written from the design notes.
+EfficientAD: PDN teacher (frozen), PDN student with 2·C outputs, autoencoder, the four losses,
+Adam with coupled weight decay; inference = teacher + student + AE, quantile normalization,
+padding to S/4 and bilinear resize. STFPM: torchvision-layout ResNet teacher (eval) and student
+(train-mode BN), channel-normalized feature loss over layer1..3, SGD; map = product of the
+up-sampled layer maps. Written from the design notes.
 """
 
 import torch
@@ -103,3 +105,116 @@ class EfficientAD:
         pad = (image.shape[-1] // 4 - combined.shape[-1]) // 2
         combined = F.pad(combined, (pad, pad, pad, pad))
         return F.interpolate(combined, size=image.shape[-2:], mode="bilinear")[:, 0]
+
+
+def torch_resnet(arch):
+    """A torchvision-layout ResNet (same state_dict names) returning {'layer1'..'layer4': NCHW}."""
+    kind, depths, width = {"resnet18": ("basic", (2, 2, 2, 2), 1), "resnet34": ("basic", (3, 4, 6, 3), 1),
+                           "resnet50": ("bottleneck", (3, 4, 6, 3), 1),
+                           "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 2),
+                           "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 2)}[arch]
+    expansion = 1 if kind == "basic" else 4
+
+    class Block(nn.Module):
+        def __init__(self, inplanes, planes, stride):
+            super().__init__()
+            out = planes * expansion
+            if kind == "basic":
+                self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+                self.bn1 = nn.BatchNorm2d(planes)
+                self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(planes)
+            else:
+                mid = planes * width
+                self.conv1 = nn.Conv2d(inplanes, mid, 1, bias=False)
+                self.bn1 = nn.BatchNorm2d(mid)
+                self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(mid)
+                self.conv3 = nn.Conv2d(mid, out, 1, bias=False)
+                self.bn3 = nn.BatchNorm2d(out)
+            self.relu = nn.ReLU()
+            self.downsample = None
+            if stride != 1 or inplanes != out:
+                self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
+                                                nn.BatchNorm2d(out))
+
+        def forward(self, x):
+            y = self.relu(self.bn1(self.conv1(x)))
+            if kind == "basic":
+                y = self.bn2(self.conv2(y))
+            else:
+                y = self.relu(self.bn2(self.conv2(y)))
+                y = self.bn3(self.conv3(y))
+            return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU()
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            inplanes = 64
+            for index, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths)):
+                blocks = []
+                for block in range(depth):
+                    blocks.append(Block(inplanes, planes, 2 if block == 0 and index > 0 else 1))
+                    inplanes = planes * expansion
+                setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
+            self.fc = nn.Linear(512 * expansion, 1000)  # in torchvision's files; not a tap
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            taps = {}
+            for stage in ("layer1", "layer2", "layer3", "layer4"):
+                x = getattr(self, stage)(x)
+                taps[stage] = x
+            return taps
+
+    return Net()
+
+
+class STFPM:
+    def __init__(self, arch: str = "resnet18", lr: float = 0.4, momentum: float = 0.9,
+                 weight_decay: float = 1e-4):
+        self.teacher = torch_resnet(arch).eval().requires_grad_(False)
+        self.student = torch_resnet(arch)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=lr, momentum=momentum,
+                                         weight_decay=weight_decay)
+        self.taps = ("layer1", "layer2", "layer3")
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        self.normalize = lambda x: (x - mean) / std
+
+    def _features(self, net, image):
+        # The model computes layer4 too (it is a full torchvision ResNet); skip it as kdad_jax does.
+        x = net.maxpool(net.relu(net.bn1(net.conv1(self.normalize(image)))))
+        out = []
+        for tap in self.taps:
+            x = getattr(net, tap)(x)
+            out.append(x)
+        return out
+
+    def train_step(self, image):
+        self.student.train()
+        with torch.no_grad():
+            t = self._features(self.teacher, image)
+        s = self._features(self.student, image)
+        loss = sum(0.5 * ((F.normalize(a, dim=1) - F.normalize(b, dim=1)) ** 2).sum(1).mean()
+                   for a, b in zip(t, s))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def anomaly_map(self, image):
+        self.student.eval()
+        t = self._features(self.teacher, image)
+        s = self._features(self.student, image)
+        combined = None
+        for a, b in zip(t, s):
+            m = 0.5 * ((F.normalize(a, dim=1) - F.normalize(b, dim=1)) ** 2).sum(1, keepdim=True)
+            m = F.interpolate(m, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            combined = m if combined is None else combined * m
+        return combined[:, 0]

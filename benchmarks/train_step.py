@@ -1,6 +1,7 @@
-"""EfficientAD train step: kdad_jax vs PyTorch eager on the same machine and shapes.
+"""Train step (EfficientAD, STFPM): kdad_jax vs PyTorch eager on the same machine and shapes.
 
     python benchmarks/train_step.py [--models s,m] [--batches 1,8] [--image-size 256] [--repeats 5]
+    python benchmarks/train_step.py --models stfpm --batches 1,32 --image-size 128
 
 Prints one JSON object: per model and batch, the median seconds per step after warm-up, the
 train step's compile time, peak RSS (each case runs in its own process) and jax/torch ratios.
@@ -24,12 +25,13 @@ def jax_case(size, batch, image_size, repeats):
 
     from kdad_jax import train
 
-    setup = common.efficientad_setup(size, batch, image_size)
+    setup = common.jax_setup(size, batch, image_size)
     method, frozen, stats = setup.method, setup.frozen, setup.stats
     tx = train.make_optimizer(setup.config)
-    state = train.TrainState(jnp.zeros((), jnp.int32), setup.params, tx.init(setup.params))
+    state = train.TrainState(jnp.zeros((), jnp.int32), setup.params, tx.init(setup.params),
+                             setup.model_state)
     batch_arrays = {k: jnp.asarray(setup.rng.uniform(size=setup.images.shape), jnp.float32)
-                    for k in ("image", "image_aug", "penalty")}
+                    for k in common.batch_keys(size)}
     key = jax.random.key(2)
     start = time.perf_counter()
     compiled = train.make_train_step(method, tx).lower(state, frozen, stats, batch_arrays, key).compile()
@@ -47,8 +49,8 @@ def jax_case(size, batch, image_size, repeats):
 def torch_case(size, batch, image_size, repeats):
     import torch
 
-    model = common.torch_efficientad(size, image_size)
-    x = [torch.rand(batch, 3, image_size, image_size) for _ in range(3)]
+    model = common.torch_model(size, image_size)
+    x = [torch.rand(batch, 3, image_size, image_size) for _ in common.batch_keys(size)]
     seconds = common.median_time(lambda: model.train_step(*x), repeats)
     return {"torch_s": seconds, "torch_peak_rss_mb": common.peak_rss_mb(), "torch_threads": torch.get_num_threads()}
 

@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 
 from kdad_jax.errors import UserError
 
+_NO_STATS = "no_stats"  # stands in for a method's empty stats dict in a checkpoint
+
 
 def manager(directory: str, save_every: int, max_to_keep: int = 2) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
@@ -30,6 +32,7 @@ def save_state(mngr: ocp.CheckpointManager, state: Any, stats: Any, replace: boo
     step = int(state.step)
     if replace and step in mngr.all_steps():
         mngr.delete(step)
+    stats = stats or {_NO_STATS: np.zeros((), np.int32)}  # Orbax refuses an empty item
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), stats=ocp.args.StandardSave(stats))
     mngr.save(step, args=args, force=replace)
     mngr.wait_until_finished()
@@ -42,7 +45,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> Optional
         return None
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), stats=ocp.args.StandardRestore()))
-    return restored.state, {k: jax.numpy.asarray(v) for k, v in restored.stats.items()}
+    stats = {k: jax.numpy.asarray(v) for k, v in restored.stats.items() if k != _NO_STATS}
+    return restored.state, stats
 
 
 def save_params(path: str, params: Any) -> None:

@@ -12,7 +12,8 @@ from kdad_jax.methods.base import Method
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max")
 
 
-def predict_maps(method: Method, params, frozen, stats, images: np.ndarray, batch_size: int):
+def predict_maps(method: Method, params, model_state, frozen, stats, images: np.ndarray,
+                 batch_size: int):
     """[N, H, W, 3] uint8 -> maps [N, H, W] float32 in fixed-size jitted batches (no recompiles)."""
     anomaly_map = inference.jit(method.anomaly_map)
     maps = []
@@ -21,7 +22,7 @@ def predict_maps(method: Method, params, frozen, stats, images: np.ndarray, batc
         count = len(chunk)
         if count < batch_size:  # pad the last batch to the compiled shape
             chunk = np.concatenate([chunk, np.zeros((batch_size - count, *chunk.shape[1:]), chunk.dtype)])
-        maps.append(np.asarray(anomaly_map(params, frozen, stats, chunk))[:count])
+        maps.append(np.asarray(anomaly_map(params, model_state, frozen, stats, chunk))[:count])
     return np.concatenate(maps)
 
 

@@ -58,6 +58,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
               f"{made['steps']} steps; see kdad_jax/teachers/{builtin}.json)", flush=True)
     categories = mvtec.list_categories(root, config.data.category)
     method = get_method(config)
+    if method.info.get("teacher_choice") not in (None, "configured checkpoint"):
+        print(f"teacher: {method.info['teacher_choice']}", flush=True)
     per_category = {}
     for name in categories:
         category_start = time.time()
@@ -66,8 +68,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
               f"({int(data.test_labels.sum())} anomalous)", flush=True)
         trained = train.train_category(config, workdir, name, method, data.train,
                                        resume_only=(mode == "eval"))
-        maps = evaluate.predict_maps(method, trained.params, trained.frozen, trained.stats,
-                                     data.test, config.eval.batch_size)
+        maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                     trained.stats, data.test, config.eval.batch_size)
         result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks)
         evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
         result.update(teacher=trained.teacher, train_steps=trained.steps,
@@ -77,14 +79,15 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     teacher_files = sorted({r["teacher"] for r in per_category.values()})
     results = {
         "method": config.method,
-        "model_size": config.model.size,
+        "model": method.info,
         "dataset": dataset,
         "data_root": root,
         "categories": categories,
         "teacher": teacher_files[0] if len(teacher_files) == 1 else teacher_files,
         "teacher_sha256": _teacher_digests(teacher_files),
         "image_size": config.image_size,
-        "train_steps": config.train.steps,
+        "train_steps": config.train.steps or None,  # per category below when set by epochs
+        "train_epochs": config.train.get("epochs"),
         "batch_size": config.train.batch_size,
         **mean,
         "per_category": per_category,

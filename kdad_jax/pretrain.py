@@ -16,7 +16,6 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -122,8 +121,7 @@ def run(config, workdir: str) -> dict:
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", "teacher"), config.train.checkpoint_every)
     restored = train.restore(mngr, method, tx, frozen, rng_init)
     if restored is None:
-        params = method.init(rng_init, frozen)
-        state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        state = train.initial_state(method, tx, frozen, rng_init)
         stats = method.prepare_stats(frozen, _stats_batches(source, config))
     else:
         state, stats = restored

@@ -30,8 +30,14 @@ from kdad_jax.methods.base import Method
 @flax.struct.dataclass
 class TrainState:
     step: Any
-    params: Any
+    params: Any        # trainable
     opt_state: Any
+    model_state: Any   # non-trainable collections of the trained networks (BatchNorm statistics)
+
+
+def initial_state(method: Method, tx: optax.GradientTransformation, frozen, rng) -> TrainState:
+    params, model_state = method.init(rng, frozen)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
 
 
 @dataclasses.dataclass
@@ -39,6 +45,7 @@ class Trained:
     """What evaluation needs from a trained category."""
 
     params: Any
+    model_state: Any
     frozen: Any
     stats: dict
     teacher: str
@@ -46,9 +53,30 @@ class Trained:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam with *coupled* L2 decay (PyTorch Adam's weight_decay), lr ×0.1 at the drop fraction."""
-    return optax.chain(optax.add_decayed_weights(config.train.weight_decay),
-                       optax.adam(learning_rate_schedule(config)))
+    """``config.train.optimizer``: 'adam' (default) or 'sgd' (with ``momentum``), both with
+    *coupled* L2 decay as PyTorch's ``weight_decay``; lr ×0.1 at ``lr_drop_fraction``."""
+    kind = config.train.get("optimizer", "adam")
+    schedule = learning_rate_schedule(config)
+    if kind == "adam":
+        update = optax.adam(schedule)
+    elif kind == "sgd":
+        update = optax.sgd(schedule, momentum=config.train.momentum or None)
+    else:
+        raise ValueError(f"config.train.optimizer must be 'adam' or 'sgd', not {kind!r}")
+    return optax.chain(optax.add_decayed_weights(config.train.weight_decay), update)
+
+
+def with_total_steps(config, num_train_images: int):
+    """``config`` with ``train.steps`` set from ``train.epochs`` when the config counts epochs.
+
+    An epoch is ``num_train_images / batch_size`` steps (the stream of shuffled images has no
+    epoch boundaries, so the last partial batch of an epoch continues into the next)."""
+    epochs = config.train.get("epochs")
+    if not epochs:
+        return config
+    config = config.copy_and_resolve_references()
+    config.train.steps = max(1, int(round(epochs * num_train_images / config.train.batch_size)))
+    return config
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -62,10 +90,11 @@ def make_train_step(method: Method, tx: optax.GradientTransformation):
     def step(state, frozen, stats, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
         grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-        (loss, aux), grads = grad_fn(state.params, frozen, stats, batch, rng)
+        (loss, (aux, model_state)), grads = grad_fn(state.params, state.model_state, frozen, stats,
+                                                    batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state), {"loss": loss, **aux}
+        return TrainState(state.step + 1, params, opt_state, model_state), {"loss": loss, **aux}
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -73,11 +102,8 @@ def make_train_step(method: Method, tx: optax.GradientTransformation):
 def restore(mngr, method: Method, tx, frozen, rng):
     """Latest (state, stats) in ``mngr``, or None."""
 
-    def fresh_state():
-        params = method.init(rng, frozen)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-    return checkpoint.restore_latest(mngr, jax.eval_shape(fresh_state))
+    return checkpoint.restore_latest(
+        mngr, jax.eval_shape(lambda: initial_state(method, tx, frozen, rng)))
 
 
 def is_calibrated(stats) -> bool:
@@ -96,7 +122,9 @@ def _log_metrics(path, category, step, metrics, lr, elapsed):
 
 
 def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr):
-    penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
+    penalty = None  # pretraining images only for methods that penalize them (EfficientAD)
+    if "penalty" in config:
+        penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
     batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
     return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr)
 
@@ -144,14 +172,14 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
                         category)
     fit_idx, val_idx = pipeline.split_train_validation(
         len(train_images), config.data.validation_fraction, config.seed)
+    config = with_total_steps(config, len(fit_idx))
     tx = make_optimizer(config)
     mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
     restored = restore(mngr, method, tx, frozen, rng_init)
     if restored is None:
         if resume_only:
             raise UserError(f"{mngr.directory}: no checkpoint to evaluate; train first")
-        params = method.init(rng_init, frozen)
-        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        state = initial_state(method, tx, frozen, rng_init)
         stats = method.prepare_stats(frozen, pipeline.image_batches(
             train_images[fit_idx], config.eval.batch_size))
     else:
@@ -165,9 +193,9 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
     # Calibration belongs to the final params: redo it after any training (a checkpoint may carry
     # quantiles of an earlier, shorter run) and on eval. Held-out *training* images only.
     if trains or resume_only or not is_calibrated(stats):
-        stats = method.fit_stats(state.params, frozen, stats, pipeline.image_batches(
+        stats = method.fit_stats(state.params, state.model_state, frozen, stats, pipeline.image_batches(
             train_images[val_idx], config.eval.batch_size))
         if not resume_only:
             checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
-    return Trained(state.params, frozen, stats, teacher, int(state.step))
+    return Trained(state.params, state.model_state, frozen, stats, teacher, int(state.step))

@@ -28,79 +28,23 @@ def _torch():
     return optional_module("torch", "convert")
 
 
+def torch_resnet(arch):
+    _torch()
+    return _torch_reference().torch_resnet(arch)
+
+
+def _torch_reference():
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import torch_reference
+    return torch_reference
+
+
 def _relative_error(ours, reference):
     return float(np.abs(np.asarray(ours) - reference).max() / np.abs(reference).max())
 
 
 # ---------------------------------------------------------------- torchvision ResNets in torch.nn
-
-def torch_resnet(arch):
-    torch = _torch()
-    nn = torch.nn
-    kind, depths, width = {"resnet18": ("basic", (2, 2, 2, 2), 1), "resnet34": ("basic", (3, 4, 6, 3), 1),
-                           "resnet50": ("bottleneck", (3, 4, 6, 3), 1),
-                           "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 2),
-                           "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 2)}[arch]
-    expansion = 1 if kind == "basic" else 4
-
-    class Block(nn.Module):
-        def __init__(self, inplanes, planes, stride):
-            super().__init__()
-            out = planes * expansion
-            if kind == "basic":
-                self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-                self.bn1 = nn.BatchNorm2d(planes)
-                self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-                self.bn2 = nn.BatchNorm2d(planes)
-            else:
-                mid = planes * width
-                self.conv1 = nn.Conv2d(inplanes, mid, 1, bias=False)
-                self.bn1 = nn.BatchNorm2d(mid)
-                self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
-                self.bn2 = nn.BatchNorm2d(mid)
-                self.conv3 = nn.Conv2d(mid, out, 1, bias=False)
-                self.bn3 = nn.BatchNorm2d(out)
-            self.relu = nn.ReLU()
-            self.downsample = None
-            if stride != 1 or inplanes != out:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
-                                                nn.BatchNorm2d(out))
-
-        def forward(self, x):
-            y = self.relu(self.bn1(self.conv1(x)))
-            if kind == "basic":
-                y = self.bn2(self.conv2(y))
-            else:
-                y = self.relu(self.bn2(self.conv2(y)))
-                y = self.bn3(self.conv3(y))
-            return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            inplanes = 64
-            for index, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths)):
-                blocks = []
-                for block in range(depth):
-                    blocks.append(Block(inplanes, planes, 2 if block == 0 and index > 0 else 1))
-                    inplanes = planes * expansion
-                setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
-            self.fc = nn.Linear(512 * expansion, 1000)  # in torchvision's files; not a tap
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            taps = {}
-            for stage in STAGES:
-                x = getattr(self, stage)(x)
-                taps[stage] = x
-            return taps
-
-    return Net()
-
 
 def randomize(model, seed=0):
     """Random weights and BatchNorm statistics far from (0, 1), so none of them is inert."""

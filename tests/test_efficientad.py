@@ -55,16 +55,17 @@ def test_fit_stats_calibrates_on_given_images():
     method = get_method(config)
     frozen, teacher = method.load_frozen(jax.random.key(0))
     assert teacher == "random-init"
-    params = method.init(jax.random.key(1), frozen)
+    params, model_state = method.init(jax.random.key(1), frozen)
     images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype(np.float32)
     stats = method.prepare_stats(frozen, [images[:2], images[2:]])
     assert stats["teacher_mean"].shape == (config.model.out_channels,)
     assert np.isnan(np.asarray(stats["q_st"])).all()
-    stats = method.fit_stats(params, frozen, stats, [images])
-    maps = np.asarray(method.anomaly_map(params, frozen, stats, images))
+    stats = method.fit_stats(params, model_state, frozen, stats, [images])
+    maps = np.asarray(method.anomaly_map(params, model_state, frozen, stats, images))
     assert maps.shape == (4, 64, 64)
     # On the calibration images themselves, the local map's 0.995 quantile is ~0.1 by construction.
-    local, global_ = efficientad._raw_maps(efficientad._Nets(config), params, frozen, stats, images)
+    local, global_ = efficientad._raw_maps(efficientad._Nets(config), params, model_state, frozen, stats,
+                                           images)
     norm_local = np.asarray(efficientad.normalize_map(local, *stats["q_st"]))
     assert np.quantile(norm_local, 0.995) == pytest.approx(0.1, abs=1e-5)
     assert np.quantile(norm_local, 0.9) == pytest.approx(0.0, abs=1e-5)
@@ -86,13 +87,14 @@ def test_loss_is_sum_of_four_terms():
     config = _small_config()
     method = get_method(config)
     frozen, _ = method.load_frozen(jax.random.key(0))
-    params = method.init(jax.random.key(1), frozen)
+    params, model_state = method.init(jax.random.key(1), frozen)
     rng = np.random.default_rng(3)
     images = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
     stats = method.prepare_stats(frozen, [images])
     batch = {k: jnp.asarray(rng.uniform(size=(2, 64, 64, 3)), jnp.float32)
              for k in ("image", "image_aug", "penalty")}
-    loss, aux = method.loss(params, frozen, stats, batch, jax.random.key(0))
+    loss, (aux, new_state) = method.loss(params, model_state, frozen, stats, batch, jax.random.key(0))
+    assert new_state == {}
     assert float(loss) == pytest.approx(sum(float(v) for v in aux.values()), rel=1e-6)
     assert all(np.isfinite(float(v)) and float(v) > 0 for v in aux.values())
 

@@ -23,41 +23,49 @@ def split_train_validation(count: int, fraction: float, seed: int) -> Tuple[np.n
 
 
 class _Sources:
-    """Element k = (shuffled training image k, shuffled penalty image k), both repeated forever."""
+    """Element k = (shuffled training image k, shuffled penalty image k or None), repeated forever."""
 
     def __init__(self, train_images, penalty, seed):
         self.images = grain.MapDataset.source(train_images).shuffle(seed).repeat()
-        self.penalty = grain.MapDataset.source(penalty).shuffle(seed + 1).repeat()
+        self.penalty = None
+        if penalty is not None:
+            self.penalty = grain.MapDataset.source(penalty).shuffle(seed + 1).repeat()
 
     def __call__(self, index):
-        return self.images[index], self.penalty[index]
+        return self.images[index], None if self.penalty is None else self.penalty[index]
 
 
 class _Augment:
-    def __init__(self, color_jitter: float, penalty_grayscale: float):
+    """Host-side per-image work: 'image', plus 'image_aug' (one colour jitter) when
+    ``color_jitter`` is set and 'penalty' (random grayscale) when there are penalty images."""
+
+    def __init__(self, color_jitter, penalty_grayscale: float):
         self.color_jitter = color_jitter
         self.penalty_grayscale = penalty_grayscale
 
     def __call__(self, element, rng: np.random.Generator):
         image, penalty = element
         image = image.astype(np.float32) / 255.0
-        penalty = penalty.astype(np.float32) / 255.0
-        return {
-            "image": image,
-            "image_aug": augment.color_jitter_one(image, rng, self.color_jitter),
-            "penalty": augment.random_grayscale(penalty, rng, self.penalty_grayscale),
-        }
+        out = {"image": image}
+        if self.color_jitter is not None:
+            out["image_aug"] = augment.color_jitter_one(image, rng, self.color_jitter)
+        if penalty is not None:
+            penalty = penalty.astype(np.float32) / 255.0
+            out["penalty"] = augment.random_grayscale(penalty, rng, self.penalty_grayscale)
+        return out
 
 
 def training_batches(train_images: np.ndarray, penalty, config, start_step: int) -> Iterator[dict]:
-    """Batches for steps ``start_step .. config.train.steps - 1``; each a dict of [B, H, W, 3]."""
+    """Batches for steps ``start_step .. config.train.steps - 1``; each a dict of [B, H, W, 3].
+
+    ``penalty``: a source of pretraining images, or None for methods without a penalty."""
     batch_size = config.train.batch_size
     sources = _Sources(train_images, penalty, config.seed)
+    grayscale = config.penalty.grayscale_prob if "penalty" in config else 0.0
     dataset = (
         grain.MapDataset.range(sys.maxsize // 2)
         .map(sources)
-        .random_map(_Augment(config.train.color_jitter, config.penalty.grayscale_prob),
-                    seed=config.seed)
+        .random_map(_Augment(config.train.get("color_jitter"), grayscale), seed=config.seed)
         .batch(batch_size, drop_remainder=True)
         .slice(slice(start_step, config.train.steps))
     )

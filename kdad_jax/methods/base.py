@@ -21,18 +21,22 @@ def imagenet_normalize(images):
 
 
 class Method(NamedTuple):
-    """A method's pure functions. ``frozen`` holds teacher weights (never optimized)."""
+    """A method's pure functions. ``frozen`` holds teacher weights (never optimized);
+    ``model_state`` holds the trainable networks' non-trainable collections (BatchNorm running
+    statistics; ``{}`` for networks without them), updated by the loss, never by the optimizer."""
 
     name: str
     # (rng) -> (frozen, teacher_description); description goes to logs and results.json.
     load_frozen: Callable[[Any], tuple]
-    # (rng, frozen) -> trainable params
-    init: Callable[[Any, PyTree], PyTree]
+    # (rng, frozen) -> (trainable params, model_state)
+    init: Callable[[Any, PyTree], tuple]
     # (frozen, train image batches) -> stats needed by the loss (e.g. teacher mean/std)
     prepare_stats: Callable[[PyTree, Iterable[np.ndarray]], PyTree]
-    # (params, frozen, stats, batch, rng) -> (loss, aux dict of scalars)
+    # (params, model_state, frozen, stats, batch, rng) -> (loss, (aux dict of scalars, model_state))
     loss: Callable[..., tuple]
-    # (params, frozen, stats, validation image batches) -> stats with map calibration added
+    # (params, model_state, frozen, stats, validation image batches) -> stats with map calibration
     fit_stats: Callable[..., PyTree]
-    # (params, frozen, stats, images [B, H, W, 3]) -> maps [B, H, W]
+    # (params, model_state, frozen, stats, images [B, H, W, 3]) -> maps [B, H, W]
     anomaly_map: Callable[..., Any]
+    # what was built (architectures, switches) for logs and results.json
+    info: dict = {}

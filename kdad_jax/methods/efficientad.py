@@ -93,10 +93,11 @@ def _init(nets, rng, frozen):
     del frozen
     dummy = jnp.zeros((1, *nets.image_hw, 3), jnp.float32)
     rng_s, rng_a = jax.random.split(rng)
-    return {
+    params = {
         "student": nets.student.init(rng_s, dummy),
         "autoencoder": nets.autoencoder.init(rng_a, dummy),
     }
+    return params, {}
 
 
 def _teacher_features(nets, frozen, images):
@@ -126,7 +127,7 @@ def _prepare_stats(nets, frozen, batches: Iterable[np.ndarray]):
     }
 
 
-def _loss(nets, config, params, frozen, stats, batch, rng):
+def _loss(nets, config, params, model_state, frozen, stats, batch, rng):
     """Hard-feature loss + penalty + AE loss + student–AE loss (the reference's sum).
 
     batch: 'image', 'image_aug' (colour-jittered copy for the AE) and 'penalty', each [B, H, W, 3].
@@ -151,10 +152,10 @@ def _loss(nets, config, params, frozen, stats, batch, rng):
     total = loss_hard + loss_penalty + loss_ae + loss_st_ae
     aux = {"loss_hard": loss_hard, "loss_penalty": loss_penalty, "loss_ae": loss_ae,
            "loss_st_ae": loss_st_ae}
-    return total, aux
+    return total, (aux, model_state)
 
 
-def _raw_maps(nets, params, frozen, stats, images):
+def _raw_maps(nets, params, model_state, frozen, stats, images):
     """Local (student–teacher) and global (student–AE) maps, [B, h, w] each, unnormalized."""
     c = nets.channels
     x = imagenet_normalize(images)
@@ -166,12 +167,12 @@ def _raw_maps(nets, params, frozen, stats, images):
     return local, global_
 
 
-def _fit_stats(nets, params, frozen, stats, batches: Iterable[np.ndarray]):
+def _fit_stats(nets, params, model_state, frozen, stats, batches: Iterable[np.ndarray]):
     """Quantiles q0.9 and q0.995 of each map type over the validation images (exact, on host)."""
     raw = inference.jit(functools.partial(_raw_maps, nets))
     locals_, globals_ = [], []
     for images in batches:
-        local, global_ = raw(params, frozen, stats, images)
+        local, global_ = raw(params, model_state, frozen, stats, images)
         locals_.append(np.asarray(local).ravel())
         globals_.append(np.asarray(global_).ravel())
     stats = dict(stats)
@@ -180,9 +181,9 @@ def _fit_stats(nets, params, frozen, stats, batches: Iterable[np.ndarray]):
     return stats
 
 
-def _anomaly_map(nets, params, frozen, stats, images):
+def _anomaly_map(nets, params, model_state, frozen, stats, images):
     """Combined normalized map at image resolution, [B, H, W]. Image score = its max."""
-    local, global_ = _raw_maps(nets, params, frozen, stats, images)
+    local, global_ = _raw_maps(nets, params, model_state, frozen, stats, images)
     combined = 0.5 * normalize_map(local, *stats["q_st"]) + 0.5 * normalize_map(global_, *stats["q_ae"])
     return resize_maps(combined, images.shape[1:3])
 
@@ -197,4 +198,5 @@ def make(config) -> Method:
         loss=functools.partial(_loss, nets, config),
         fit_stats=functools.partial(_fit_stats, nets),
         anomaly_map=functools.partial(_anomaly_map, nets),
+        info={"size": config.model.size, "out_channels": config.model.out_channels},
     )

@@ -70,7 +70,7 @@ def make(config) -> Method:
 
     def init(rng, frozen):
         del frozen
-        return pdn.init(rng, jnp.zeros((1, pdn_side, pdn_side, 3), jnp.float32))
+        return pdn.init(rng, jnp.zeros((1, pdn_side, pdn_side, 3), jnp.float32)), {}
 
     def prepare_stats(frozen, batches: Iterable[np.ndarray]):
         """Per-channel mean/std of the raw targets (float64 on the host), first N images."""
@@ -83,7 +83,7 @@ def make(config) -> Method:
         std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
         return {"target_mean": jnp.asarray(mean, jnp.float32), "target_std": jnp.asarray(std, jnp.float32)}
 
-    def loss(params, frozen, stats, batch, rng):
+    def loss(params, model_state, frozen, stats, batch, rng):
         del rng
         images = batch["image"]
         target = (targets(frozen, images) - stats["target_mean"]) / stats["target_std"]
@@ -92,13 +92,14 @@ def make(config) -> Method:
             raise UserError(f"PDN output {prediction.shape[1:3]} does not match the backbone grid "
                             f"{target.shape[1:3]}: use stride-8 first taps and image_size 512")
         mse = jnp.mean((jax.lax.stop_gradient(target) - prediction) ** 2)
-        return mse, {"mse": mse}
+        return mse, ({"mse": mse}, model_state)
 
-    def fit_stats(params, frozen, stats, batches):
-        del params, frozen, batches
+    def fit_stats(params, model_state, frozen, stats, batches):
+        del params, model_state, frozen, batches
         return stats
 
-    def anomaly_map(params, frozen, stats, images):
+    def anomaly_map(params, model_state, frozen, stats, images):
         raise UserError("teacher pretraining produces a teacher, not anomaly maps")
 
-    return Method("efficientad_teacher", load_frozen, init, prepare_stats, loss, fit_stats, anomaly_map)
+    return Method("efficientad_teacher", load_frozen, init, prepare_stats, loss, fit_stats, anomaly_map,
+                  info={"backbone": pre.backbone, "size": config.model.size})

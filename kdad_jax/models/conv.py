@@ -4,7 +4,9 @@ XLA's CPU weight gradient for k×k convolutions (k > 1) is several times slower 
 pass. On CPU, under differentiation, this layer computes k×k convolutions (any stride) as one
 matrix product over explicitly gathered patches ([B·h·w, k·k·Cin] @ [k·k·Cin, Cout]) and
 differentiates that (a custom VJP); undifferentiated (inference) it keeps XLA's own forward
-convolution, which is faster there. Elsewhere (GPU/TPU), and for 1×1 convolutions, it uses
+convolution, which is faster there. Depthwise convolutions run on CPU as k·k shifted
+multiply-adds (forward and gradient: 8–10× faster than XLA CPU's grouped convolution, measured
+on EfficientNet-Lite0's layers). Elsewhere (GPU/TPU), and for 1×1 convolutions, it uses
 ``lax.conv_general_dilated``. Parameters are named and shaped exactly as ``flax.linen.Conv``'s
 (``kernel`` [kh, kw, Cin, Cout], ``bias`` [Cout]), so checkpoints are interchangeable.
 """
@@ -36,6 +38,23 @@ def _native_conv(x, kernel, strides, padding, groups=1):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _depthwise_shift_conv(x, kernel, strides, padding):
+    """Depthwise convolution as a sum of k·k strided shifts of ``x`` times per-channel weights.
+
+    x [B, H, W, C], kernel [kh, kw, 1, C] -> [B, h, w, C]; autodiff of this is elementwise too."""
+    kh, kw, _, _ = kernel.shape
+    sh, sw = strides
+    padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    ho = (padded.shape[1] - kh) // sh + 1
+    wo = (padded.shape[2] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
 def _patch_conv(x, kernel, strides, padding):
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     return _patch_matmul_conv(padded, kernel, strides)
@@ -65,14 +84,18 @@ _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
     """NHWC / HWIO convolution; on CPU, dense k×k kernels get the fast-gradient formulation.
 
-    Grouped (e.g. depthwise) convolutions keep XLA's own gradient: they only occur in frozen
-    backbones here, and their patch matrices would not be a single product anyway.
+    Depthwise convolutions (groups = Cin = Cout) become shifted multiply-adds on CPU; other
+    grouped convolutions keep XLA's own.
     """
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    on_cpu = jax.default_backend() == "cpu"
     if groups > 1:
+        depthwise = groups == x.shape[-1] == kernel.shape[-1] and kernel.shape[2] == 1
+        if on_cpu and depthwise:
+            return _depthwise_shift_conv(x, kernel, strides, padding)
         return _native_conv(x, kernel, strides, padding, groups)
-    if jax.default_backend() == "cpu" and kernel.shape[0] * kernel.shape[1] > 1:
+    if on_cpu and kernel.shape[0] * kernel.shape[1] > 1:
         return _cpu_conv(x, kernel, strides, padding)
     return _native_conv(x, kernel, strides, padding)
 

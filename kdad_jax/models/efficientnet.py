@@ -10,6 +10,9 @@ follow the PyTorch state_dict without leading underscores (``blocks_3.depthwise_
 Taps: ``stage{i}`` is the output of stage i (0..6; strides 2, 4, 8, 16, 16, 32, 32),
 ``stage{i}_expand`` the ReLU6 expansion of that stage's last block (6× its input channels),
 ``features`` the head's 1280 channels and ``logits`` the ImageNet classifier output [B, 1000].
+
+``train=True`` normalizes with batch statistics and updates the running ones (a student trained
+from scratch); ``eca_after`` puts ECA blocks after matching BN paths (``'blocks_3.bn2'``).
 """
 
 import math
@@ -18,6 +21,7 @@ from typing import Dict, NamedTuple, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kdad_jax.models import eca
 from kdad_jax.models.conv import Conv
 
 
@@ -82,8 +86,12 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[Tuple[int, int], 
     return (total // 2, total - total // 2), out
 
 
-def _bn(name):
-    return nn.BatchNorm(use_running_average=True, momentum=0.99, epsilon=_EPSILON, name=name)
+def _norm(module: nn.Module, x, name: str, train: bool, prefix: str = ""):
+    """BatchNorm (the reference's momentum 0.01 = Flax 0.99), then ECA where asked."""
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=_EPSILON, name=name)(x)
+    if eca.wanted(f"{prefix}{name}", module.eca_after):
+        x = eca.ECA(name=f"eca_{name}")(x)
+    return x
 
 
 class MBConv(nn.Module):
@@ -93,33 +101,37 @@ class MBConv(nn.Module):
     in_channels: int
     stride: int
     nominal_size: int
+    eca_after: Sequence[str] = ()
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
+        p = f"{self.name}."
         hidden = self.in_channels * self.stage.expand
         expanded = x
         if self.stage.expand != 1:
-            expanded = nn.relu6(_bn("bn0")(Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(x)))
+            expanded = Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(x)
+            expanded = nn.relu6(_norm(self, expanded, "bn0", train, p))
         pad, _ = same_padding(self.nominal_size, self.stage.kernel, self.stride)
         k = self.stage.kernel
         y = Conv(hidden, (k, k), (self.stride, self.stride), (pad, pad), use_bias=False,
                  groups=hidden, name="depthwise_conv")(expanded)
-        y = nn.relu6(_bn("bn1")(y))
-        y = _bn("bn2")(Conv(self.stage.out_channels, (1, 1), use_bias=False, name="project_conv")(y))
+        y = nn.relu6(_norm(self, y, "bn1", train, p))
+        y = Conv(self.stage.out_channels, (1, 1), use_bias=False, name="project_conv")(y)
+        y = _norm(self, y, "bn2", train, p)
         if self.stride == 1 and self.in_channels == self.stage.out_channels:
             y = y + x
         return y, expanded
 
 
 class EfficientNetLite(nn.Module):
-    """Input [B, H, W, 3] (ImageNet-normalized) -> {tap: features}. Inference-mode BatchNorm."""
+    """Input [B, H, W, 3] (ImageNet-normalized) -> {tap: features}."""
 
     variant: str = "efficientnet_lite0"
     taps: Sequence[str] = ("stage1", "stage2", "stage4")
+    eca_after: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> Dict[str, jnp.ndarray]:
-        del train  # a frozen backbone: BatchNorm always uses its running statistics
         known = set(stage_channels(self.variant)) | {"logits"}
         unknown = set(self.taps) - known
         if unknown:
@@ -127,7 +139,7 @@ class EfficientNetLite(nn.Module):
         size = VARIANTS[self.variant][2]
         pad, size = same_padding(size, 3, 2)
         x = Conv(32, (3, 3), (2, 2), (pad, pad), use_bias=False, name="conv_stem")(x)
-        x = nn.relu6(_bn("bn0")(x))
+        x = nn.relu6(_norm(self, x, "bn0", train))
         features, block = {}, 0
         head_needed = bool({"features", "logits"} & set(self.taps))
         last_stage = 6 if head_needed else max(int(t[5]) for t in self.taps if t.startswith("stage"))
@@ -135,13 +147,14 @@ class EfficientNetLite(nn.Module):
             for repeat in range(stage.repeats):
                 stride = stage.stride if repeat == 0 else 1
                 in_channels = stage.in_channels if repeat == 0 else stage.out_channels
-                x, expanded = MBConv(stage, in_channels, stride, size, name=f"blocks_{block}")(x)
+                x, expanded = MBConv(stage, in_channels, stride, size, tuple(self.eca_after),
+                                     name=f"blocks_{block}")(x, train)
                 _, size = same_padding(size, stage.kernel, stride)
                 block += 1
             features[f"stage{index}"] = x
             features[f"stage{index}_expand"] = expanded
         if head_needed:
-            x = nn.relu6(_bn("bn1")(Conv(1280, (1, 1), use_bias=False, name="conv_head")(x)))
+            x = nn.relu6(_norm(self, Conv(1280, (1, 1), use_bias=False, name="conv_head")(x), "bn1", train))
             features["features"] = x
             if "logits" in self.taps:
                 features["logits"] = nn.Dense(1000, name="fc")(x.mean(axis=(1, 2)))

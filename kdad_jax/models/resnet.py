@@ -6,6 +6,8 @@ Module names follow torchvision's state_dict (``layer1_0.conv1`` ↔ ``layer1.0.
 -inf. Returns a dict of the requested taps (``layer1``..``layer4``); stages after the last tap
 are not computed. ``train=False`` uses the BatchNorm running statistics (a frozen teacher);
 ``train=True`` normalizes with batch statistics and updates them (a student).
+``eca_after``: batch-norm path patterns followed by an ECA block (``kdad_jax.models.eca``; the
+ECA-MSKDAD student), e.g. ``('layer*.bn2',)``; the stem's BN is ``'bn1'``.
 """
 
 from typing import Dict, Sequence
@@ -13,6 +15,7 @@ from typing import Dict, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kdad_jax.models import eca
 from kdad_jax.models.conv import Conv
 
 # name -> (block kind, blocks per stage, bottleneck width multiplier)
@@ -33,8 +36,13 @@ def stage_channels(arch: str) -> Dict[str, int]:
     return {stage: planes * expansion for stage, planes in zip(STAGES, _PLANES)}
 
 
-def _batch_norm(train: bool, name: str):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def _norm(module: nn.Module, x, name: str, train: bool, prefix: str = ""):
+    """torchvision's BatchNorm (momentum 0.1 = Flax 0.9), then ECA where ``module.eca_after`` says."""
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)(x)
+    path = f"{prefix}{name}" if prefix else name
+    if eca.wanted(path, module.eca_after):
+        x = eca.ECA(name=f"eca_{name}")(x)
+    return x
 
 
 def _conv(features, kernel, stride, name):
@@ -46,36 +54,40 @@ def _conv(features, kernel, stride, name):
 class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
+    eca_after: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = nn.relu(_batch_norm(train, "bn1")(_conv(self.planes, 3, self.stride, "conv1")(x)))
-        y = _batch_norm(train, "bn2")(_conv(self.planes, 3, 1, "conv2")(y))
-        return nn.relu(y + _shortcut(x, self.planes, self.stride, train))
+        p = f"{self.name}."
+        y = nn.relu(_norm(self, _conv(self.planes, 3, self.stride, "conv1")(x), "bn1", train, p))
+        y = _norm(self, _conv(self.planes, 3, 1, "conv2")(y), "bn2", train, p)
+        return nn.relu(y + _shortcut(self, x, self.planes, self.stride, train))
 
 
 class Bottleneck(nn.Module):
     planes: int
     stride: int = 1
     width_multiplier: int = 1
+    eca_after: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        p = f"{self.name}."
         width = self.planes * self.width_multiplier
-        y = nn.relu(_batch_norm(train, "bn1")(_conv(width, 1, 1, "conv1")(x)))
-        y = nn.relu(_batch_norm(train, "bn2")(_conv(width, 3, self.stride, "conv2")(y)))
-        y = _batch_norm(train, "bn3")(_conv(self.planes * 4, 1, 1, "conv3")(y))
-        return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, train))
+        y = nn.relu(_norm(self, _conv(width, 1, 1, "conv1")(x), "bn1", train, p))
+        y = nn.relu(_norm(self, _conv(width, 3, self.stride, "conv2")(y), "bn2", train, p))
+        y = _norm(self, _conv(self.planes * 4, 1, 1, "conv3")(y), "bn3", train, p)
+        return nn.relu(y + _shortcut(self, x, self.planes * 4, self.stride, train))
 
 
-def _shortcut(x, features, stride, train):
+def _shortcut(block, x, features, stride, train):
     """Identity, or torchvision's ``downsample`` (1×1 conv + BN) when the shape changes.
 
     Called inside a block's compact ``__call__``: the submodules get the block's scope."""
     if stride == 1 and x.shape[-1] == features:
         return x
     y = _conv(features, 1, stride, "downsample_0")(x)
-    return _batch_norm(train, "downsample_1")(y)
+    return _norm(block, y, "downsample_1", train, f"{block.name}.")
 
 
 class ResNet(nn.Module):
@@ -83,6 +95,7 @@ class ResNet(nn.Module):
 
     arch: str = "resnet18"
     taps: Sequence[str] = ("layer1", "layer2", "layer3")
+    eca_after: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> Dict[str, jnp.ndarray]:
@@ -90,7 +103,7 @@ class ResNet(nn.Module):
         unknown = set(self.taps) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown ResNet taps {sorted(unknown)}; choose from {STAGES}")
-        x = nn.relu(_batch_norm(train, "bn1")(_conv(64, 7, 2, "conv1")(x)))
+        x = nn.relu(_norm(self, _conv(64, 7, 2, "conv1")(x), "bn1", train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         last = max(STAGES.index(t) for t in self.taps)
         features = {}
@@ -99,9 +112,10 @@ class ResNet(nn.Module):
                 stride = 2 if block == 0 and index > 0 else 1
                 name = f"{STAGES[index]}_{block}"
                 if kind == "basic":
-                    x = BasicBlock(_PLANES[index], stride, name=name)(x, train)
+                    x = BasicBlock(_PLANES[index], stride, tuple(self.eca_after), name=name)(x, train)
                 else:
-                    x = Bottleneck(_PLANES[index], stride, width, name=name)(x, train)
+                    x = Bottleneck(_PLANES[index], stride, width, tuple(self.eca_after),
+                                   name=name)(x, train)
             if STAGES[index] in self.taps:
                 features[STAGES[index]] = x
         return features

@@ -1,0 +1,128 @@
+"""STFPM (Wang et al., BMVC 2021): ResNet-18 teacher, same-shape student, multi-scale matching.
+
+Presets (the part after ':' in --config):
+  (none)  paper settings: 128² images, SGD lr 0.4, momentum 0.9, weight decay 1e-4, batch 32,
+          300 epochs; the teacher is a torchvision ResNet-18 checkpoint:
+              python -m kdad_jax.main --config=configs/stfpm.py --workdir=W \
+                  --config.data.root=/data/mvtec_ad --config.data.category=all \
+                  --config.teacher.checkpoint=resnet18-f37072fd.pth
+          Without a checkpoint the offline ImageNet EfficientNet-Lite0 (the 'pretrained' extra)
+          is the teacher, with a Lite0 student; the log and results.json say so.
+  demo    the offline embedded dataset (brick and gravel), minutes on a 2-core CPU: batch 8,
+          15 epochs at lr 0.1 (short runs need a gentler step than the paper's 0.4).
+  smoke   seconds, for tests: 64² images, 3 steps.
+Options may follow after a comma: 'demo,category=brick,eca=1,relative=1,pair=1'.
+"""
+
+import ml_collections
+
+METHOD = "stfpm"
+
+
+def _base():
+    c = ml_collections.ConfigDict()
+    c.method = METHOD
+    c.seed = 0
+    c.image_size = 128
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.arch = "resnet18"
+    # torchvision .pth of teacher.arch, or the msgpack `python -m kdad_jax.convert` wrote.
+    c.teacher.checkpoint = ""
+    # used when no checkpoint is given and its weights ship in an installed package; '' = none.
+    c.teacher.fallback = "efficientnet_lite0"
+    c.teacher.taps = ""           # comma-separated; '' = layer1,layer2,layer3 (Lite: stage1,2,4)
+
+    c.student = ml_collections.ConfigDict()
+    c.student.eca = False         # ECA blocks after batch norms (ECA-MSKDAD)
+    c.student.eca_after = ""      # fnmatch patterns of BN paths; '' = the default (models/eca.py)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.layer_weights = (1.0, 1.0, 1.0)  # α_l per tap
+    c.loss.cosine_weight = 0.0    # λ of the (1 − cos) term
+    c.loss.augmented_pair = False  # also match features on an augmented copy of each image
+    c.loss.relative_distance = False  # Σ_l (d_T − d_S)² between image and augmented copy
+    c.loss.relative_weight = 1.0
+
+    c.augment = ml_collections.ConfigDict()  # the augmented copy, on device (data/device_augment.py)
+    c.augment.color_prob = 0.8
+    c.augment.brightness = 0.4
+    c.augment.contrast = 0.4
+    c.augment.saturation = 0.4
+    c.augment.hue = 0.1
+    c.augment.grayscale_prob = 0.8
+    c.augment.blur_prob = 0.8
+    c.augment.blur_sigma_min = 0.1
+    c.augment.blur_sigma_max = 2.0
+
+    c.map = ml_collections.ConfigDict()
+    c.map.combine = "product"     # product | sum of the up-sampled layer maps
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
+    c.data.category = "all"
+    c.data.validation_fraction = 0.1
+    c.data.num_threads = 2
+
+    c.train = ml_collections.ConfigDict()
+    c.train.optimizer = "sgd"
+    c.train.learning_rate = 0.4
+    c.train.momentum = 0.9
+    c.train.weight_decay = 1e-4   # the paper's (anomalib uses 1e-3)
+    c.train.batch_size = 32
+    c.train.epochs = 300          # steps = epochs × train images / batch, per category
+    c.train.steps = 0             # set from epochs; a value here counts only when epochs = 0
+    c.train.lr_drop_fraction = 1.0  # constant lr
+    c.train.checkpoint_every = 500
+    c.train.log_every = 20
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 16
+    c.eval.num_heatmaps = 8
+    return c
+
+
+def _apply_preset(c, preset):
+    if preset == "demo":
+        c.data.category = "brick,gravel"
+        c.train.batch_size = 8
+        c.train.epochs = 15
+        c.train.learning_rate = 0.1
+        c.train.checkpoint_every = 50
+        c.train.log_every = 10
+    elif preset == "smoke":
+        c.image_size = 64
+        c.train.epochs = 0
+        c.train.steps = 3
+        c.train.batch_size = 2
+        c.train.checkpoint_every = 2
+        c.train.log_every = 1
+        c.eval.batch_size = 4
+        c.eval.num_heatmaps = 2
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r}: use demo or smoke")
+
+
+_FLAGS = {"eca": ("student", "eca"), "relative": ("loss", "relative_distance"),
+          "pair": ("loss", "augmented_pair")}
+
+
+def configure(c, arg: str, apply_method_defaults=lambda c: None):
+    """Presets and 'key=value' options from ``arg`` (shared with configs/eca_mskdad.py)."""
+    apply_method_defaults(c)
+    parts = [p for p in (arg or "").split(",") if p]
+    for preset in [p for p in parts if "=" not in p] or [""]:
+        _apply_preset(c, preset)
+    for key, value in (p.split("=", 1) for p in parts if "=" in p):
+        if key == "category":
+            c.data.category = value
+        elif key in _FLAGS:
+            section, name = _FLAGS[key]
+            c[section][name] = value.lower() in ("1", "true", "on", "yes")
+        else:
+            raise ValueError(f"unknown config argument {key!r}")
+    return c
+
+
+def get_config(arg: str = ""):
+    return configure(_base(), arg)
