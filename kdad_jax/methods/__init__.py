@@ -1,12 +1,14 @@
 """Method registry: ``config.method`` -> a factory building the method's pure functions."""
 
-from kdad_jax.methods import efficientad, stfpm, teacher_pretraining
+from kdad_jax.methods import dskd, efficientad, mixed, stfpm, teacher_pretraining
 from kdad_jax.methods.base import Method
 
 _FACTORIES = {
     "efficientad": efficientad.make,
     "efficientad_teacher": teacher_pretraining.make,
     "stfpm": stfpm.make,
+    "dskd": dskd.make,
+    "mixed": mixed.make,
     "eca_mskdad": stfpm.make,  # the same method with ECA, augmented pairs and relative distances
 }
 

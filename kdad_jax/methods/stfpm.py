@@ -128,6 +128,12 @@ def _family(arch: str) -> str:
     raise ValueError(f"unknown teacher architecture {arch!r}")
 
 
+def tap_channels(arch: str, taps: Sequence[str]) -> Tuple[int, ...]:
+    table = (efficientnet.stage_channels(arch) if _family(arch) == "efficientnet"
+             else resnet.stage_channels(arch))
+    return tuple(table[t] for t in taps)
+
+
 def eca_placement(config, arch: str) -> Tuple[str, ...]:
     """The student's ECA patterns: none when ECA is off, else the configured or default ones."""
     if not config.student.eca:
@@ -139,7 +145,9 @@ def eca_placement(config, arch: str) -> Tuple[str, ...]:
     return eca.DEFAULT_PLACEMENT[f"resnet_{resnet.ARCHITECTURES[arch][0]}"]
 
 
-class _Nets:
+class Nets:
+    """Teacher and same-architecture student for ``config`` (shared by dskd.py and mixed.py)."""
+
     def __init__(self, config):
         self.choice = resolve_teacher(config)
         arch = self.choice.arch
@@ -151,35 +159,59 @@ class _Nets:
             self.student = efficientnet.EfficientNetLite(arch, self.taps, self.eca_after)
         else:
             self.student = resnet.ResNet(arch, self.taps, self.eca_after)
+        self.channels = tap_channels(arch, self.taps)
         self.image_hw = (config.image_size, config.image_size)
 
 
-def _dummy(nets):
+def dummy_images(nets):
     return jnp.zeros((1, *nets.image_hw, 3), jnp.float32)
 
 
-def _load_frozen(nets, rng):
+def load_frozen(nets, rng):
     choice = nets.choice
     if choice.path:
         loaded = backbones.load(choice.arch, nets.taps, choice.path)
         return {"teacher": loaded.variables}, loaded.source
-    return {"teacher": jax.jit(nets.teacher.init)(rng, _dummy(nets))}, "random-init"
+    return {"teacher": jax.jit(nets.teacher.init)(rng, dummy_images(nets))}, "random-init"
 
 
-def _init(nets, rng, frozen):
+def init_network(network, nets, rng, frozen):
+    """(params, model_state = {'batch_stats': ...}) of a trainable network taking the image."""
     del frozen
-    variables = nets.student.init(rng, _dummy(nets))
+    variables = dict(network.init(rng, dummy_images(nets)))
     params = variables.pop("params")
-    return params, dict(variables)  # model_state: {'batch_stats': ...}
+    return params, variables
 
 
-def _prepare_stats(frozen, batches):
+def no_stats(frozen, batches):
+    """The feature-matching methods need no statistics before training."""
     del frozen, batches
     return {}
 
 
-def _features(module, variables, images, train=False, mutable=False):
-    """[B, H, W, 3] in [0, 1] -> list of taps (in order); with ``mutable``, also the new state."""
+def no_calibration(params, model_state, frozen, stats, batches):
+    """Their maps need no calibration either."""
+    del params, model_state, frozen, batches
+    return stats
+
+
+def teacher_info(nets) -> dict:
+    return {"teacher_arch": nets.choice.arch, "teacher_choice": nets.choice.reason,
+            "student": nets.choice.arch + ("+eca" if nets.eca_after else ""),
+            "taps": list(nets.taps), "eca_after": list(nets.eca_after)}
+
+
+def check_shared_config(config, method: str) -> None:
+    """DSKD and mixed share this file's config layout; refuse switches they do not implement."""
+    if config.loss.augmented_pair or config.loss.cosine_weight:
+        raise ValueError(f"{method}: config.loss.augmented_pair / cosine_weight are ECA-MSKDAD's; "
+                         f"set them to False / 0")
+    if config.map.combine not in ("product", "sum"):
+        raise ValueError(f"config.map.combine must be 'product' or 'sum', not {config.map.combine!r}")
+
+
+def features(module, variables, images, train=False, mutable=False):
+    """[B, H, W, 3] in [0, 1] -> ({tap: [B, h, w, C]} or the module's output, new state or None)."""
     out = module.apply(variables, imagenet_normalize(images), train=train,
                        mutable=["batch_stats"] if mutable else False)
     return out if mutable else (out, None)
@@ -194,9 +226,9 @@ def _loss(nets, config, params, model_state, frozen, stats, batch, rng):
     if pair:
         settings = device_augment.PairAugment(**config.augment.to_dict())
         images = jnp.concatenate([images, device_augment.augment(rng, images, settings)])
-    t, _ = _features(nets.teacher, frozen["teacher"], images)
+    t, _ = features(nets.teacher, frozen["teacher"], images)
     t = jax.lax.stop_gradient([t[k] for k in nets.taps])
-    s, new_state = _features(nets.student, {"params": params, **model_state}, images,
+    s, new_state = features(nets.student, {"params": params, **model_state}, images,
                              train=True, mutable=True)
     s = [s[k] for k in nets.taps]
     weights = tuple(config.loss.layer_weights)
@@ -213,15 +245,9 @@ def _loss(nets, config, params, model_state, frozen, stats, batch, rng):
 
 def layer_maps(nets, params, model_state, frozen, images):
     """Per-layer 0.5‖t̂ − ŝ‖² maps at each tap's resolution, [B, h_l, w_l]."""
-    t, _ = _features(nets.teacher, frozen["teacher"], images)
-    s, _ = _features(nets.student, {"params": params, **model_state}, images)
+    t, _ = features(nets.teacher, frozen["teacher"], images)
+    s, _ = features(nets.student, {"params": params, **model_state}, images)
     return [layer_distance(t[k], s[k]) for k in nets.taps]
-
-
-def _fit_stats(params, model_state, frozen, stats, batches):
-    """STFPM's maps need no calibration."""
-    del params, model_state, frozen, batches
-    return stats
 
 
 def _anomaly_map(nets, config, params, model_state, frozen, stats, images):
@@ -233,16 +259,12 @@ def _anomaly_map(nets, config, params, model_state, frozen, stats, images):
 def make(config) -> Method:
     if config.map.combine not in ("product", "sum"):
         raise ValueError(f"config.map.combine must be 'product' or 'sum', not {config.map.combine!r}")
-    nets = _Nets(config)
+    nets = Nets(config)
     if len(config.loss.layer_weights) != len(nets.taps):
         raise ValueError(f"config.loss.layer_weights has {len(config.loss.layer_weights)} values "
                          f"for {len(nets.taps)} taps")
     info = {
-        "teacher_arch": nets.choice.arch,
-        "teacher_choice": nets.choice.reason,
-        "student": nets.choice.arch + ("+eca" if nets.eca_after else ""),
-        "taps": list(nets.taps),
-        "eca_after": list(nets.eca_after),
+        **teacher_info(nets),
         "augmented_pair": bool(config.loss.augmented_pair),
         "relative_distance": bool(config.loss.augmented_pair and config.loss.relative_distance),
         "cosine_weight": float(config.loss.cosine_weight),
@@ -250,11 +272,11 @@ def make(config) -> Method:
     }
     return Method(
         name=config.method,
-        load_frozen=functools.partial(_load_frozen, nets),
-        init=functools.partial(_init, nets),
-        prepare_stats=_prepare_stats,
+        load_frozen=functools.partial(load_frozen, nets),
+        init=functools.partial(init_network, nets.student, nets),
+        prepare_stats=no_stats,
         loss=functools.partial(_loss, nets, config),
-        fit_stats=_fit_stats,
+        fit_stats=no_calibration,
         anomaly_map=functools.partial(_anomaly_map, nets, config),
         info=info,
     )
