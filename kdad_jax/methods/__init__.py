@@ -1,6 +1,6 @@
 """Method registry: ``config.method`` -> a factory building the method's pure functions."""
 
-from kdad_jax.methods import dskd, efficientad, mixed, stfpm, teacher_pretraining
+from kdad_jax.methods import dskd, efficientad, mixed, stfpm, students, teacher_pretraining
 from kdad_jax.methods.base import Method
 
 _FACTORIES = {
@@ -9,6 +9,7 @@ _FACTORIES = {
     "stfpm": stfpm.make,
     "dskd": dskd.make,
     "mixed": mixed.make,
+    "students": students.make,
     "eca_mskdad": stfpm.make,  # the same method with ECA, augmented pairs and relative distances
 }
 

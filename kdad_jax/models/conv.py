@@ -20,21 +20,23 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _patch_matmul_conv(x, kernel, strides=(1, 1)):
-    """VALID convolution as one matrix product. x [B, H, W, Cin] -> [B, h, w, Cout]."""
+def _patch_matmul_conv(x, kernel, strides=(1, 1), dilation=(1, 1)):
+    """VALID (dilated) convolution as one matrix product. x [B, H, W, Cin] -> [B, h, w, Cout]."""
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
+    dh, dw = dilation
     b, h, w, _ = x.shape
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
     patches = jnp.concatenate(
-        [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+        [x[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw, :]
          for i in range(kh) for j in range(kw)], axis=-1)
     out = patches.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
     return out.reshape(b, ho, wo, cout)
 
 
-def _native_conv(x, kernel, strides, padding, groups=1):
-    return lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=groups,
+def _native_conv(x, kernel, strides, padding, groups=1, dilation=(1, 1)):
+    return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
+                                    feature_group_count=groups,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -55,33 +57,33 @@ def _depthwise_shift_conv(x, kernel, strides, padding):
     return out
 
 
-def _patch_conv(x, kernel, strides, padding):
+def _patch_conv(x, kernel, strides, padding, dilation=(1, 1)):
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    return _patch_matmul_conv(padded, kernel, strides)
+    return _patch_matmul_conv(padded, kernel, strides, dilation)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _cpu_conv(x, kernel, strides, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _cpu_conv(x, kernel, strides, padding, dilation):
     """Undifferentiated (inference): XLA's own convolution, the fastest forward on CPU."""
-    return _native_conv(x, kernel, strides, padding)
+    return _native_conv(x, kernel, strides, padding, dilation=dilation)
 
 
-def _cpu_conv_fwd(x, kernel, strides, padding):
+def _cpu_conv_fwd(x, kernel, strides, padding, dilation):
     # Under differentiation the patch formulation runs forward too: XLA then shares the gathered
     # patches between the forward product and the weight gradient (measured faster than a
     # native forward followed by a patch backward).
-    return _patch_conv(x, kernel, strides, padding), (x, kernel)
+    return _patch_conv(x, kernel, strides, padding, dilation), (x, kernel)
 
 
-def _cpu_conv_bwd(strides, padding, residuals, cotangent):
+def _cpu_conv_bwd(strides, padding, dilation, residuals, cotangent):
     x, kernel = residuals
-    return jax.vjp(lambda x, k: _patch_conv(x, k, strides, padding), x, kernel)[1](cotangent)
+    return jax.vjp(lambda x, k: _patch_conv(x, k, strides, padding, dilation), x, kernel)[1](cotangent)
 
 
 _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
-def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
+def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1, dilation=(1, 1)):
     """NHWC / HWIO convolution; on CPU, dense k×k kernels get the fast-gradient formulation.
 
     Depthwise convolutions (groups = Cin = Cout) become shifted multiply-adds on CPU; other
@@ -89,15 +91,16 @@ def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
     """
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    dilation = tuple(int(d) for d in dilation)
     on_cpu = jax.default_backend() == "cpu"
     if groups > 1:
         depthwise = groups == x.shape[-1] == kernel.shape[-1] and kernel.shape[2] == 1
-        if on_cpu and depthwise:
+        if on_cpu and depthwise and dilation == (1, 1):
             return _depthwise_shift_conv(x, kernel, strides, padding)
-        return _native_conv(x, kernel, strides, padding, groups)
+        return _native_conv(x, kernel, strides, padding, groups, dilation)
     if on_cpu and kernel.shape[0] * kernel.shape[1] > 1:
-        return _cpu_conv(x, kernel, strides, padding)
-    return _native_conv(x, kernel, strides, padding)
+        return _cpu_conv(x, kernel, strides, padding, dilation)
+    return _native_conv(x, kernel, strides, padding, dilation=dilation)
 
 
 class Conv(nn.Module):
@@ -109,13 +112,14 @@ class Conv(nn.Module):
     padding: Sequence[Tuple[int, int]] = ((0, 0), (0, 0))
     use_bias: bool = True
     groups: int = 1
+    dilation: Tuple[int, int] = (1, 1)
 
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
-        y = conv2d(x, kernel, self.strides, self.padding, self.groups)
+        y = conv2d(x, kernel, self.strides, self.padding, self.groups, self.dilation)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         return y

@@ -1,0 +1,95 @@
+"""Uninformed Students (Bergmann et al., CVPR 2020): dense patch teachers, ensembles of students.
+
+Presets (the part after ':' in --config):
+  (none)  paper settings: 256² images, patch sizes 17/33/65, 3 students each, D = 128, Adam lr 1e-4,
+          weight decay 1e-5, 100 epochs of whole images, batch 1; teachers from
+          configs/students_teacher.py:
+              python -m kdad_jax.main --config=configs/students.py --workdir=W \
+                  --config.data.root=/data/mvtec_ad --config.teacher.checkpoint=TEACHER_WORKDIR
+  demo    the embedded dataset (brick, gravel) in minutes on a 2-core CPU: 64² images, patch
+          sizes 17 and 33, random 24² crops, batch 4, lr 1e-3.
+  smoke   seconds, for tests.
+Without config.teacher.checkpoint the teachers are random-init (a warning says so).
+Options may follow after a comma: 'demo,category=brick'.
+"""
+
+import ml_collections
+
+
+def _base():
+    c = ml_collections.ConfigDict()
+    c.method = "students"
+    c.seed = 0
+    c.image_size = 256
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.checkpoint = ""     # folder with teacher_patch{17,33,65}.msgpack; '' = random init
+
+    c.students = ml_collections.ConfigDict()
+    c.students.scales = (17, 33, 65)  # patch sizes (receptive fields); maps average over them
+    c.students.count = 3          # M students per scale
+    c.students.dim = 128          # descriptor size D
+    c.students.train_crop = 0     # output pixels per side of random training crops; 0 = whole image
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""
+    c.data.category = "all"
+    c.data.validation_fraction = 0.1  # held out of train/good: standardizes e and v
+    c.data.num_threads = 2
+
+    c.train = ml_collections.ConfigDict()
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 1e-4
+    c.train.weight_decay = 1e-5
+    c.train.batch_size = 1
+    c.train.epochs = 100
+    c.train.steps = 0             # set from epochs; counts only when epochs = 0
+    c.train.lr_drop_fraction = 1.0
+    c.train.checkpoint_every = 1000
+    c.train.log_every = 20
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 4
+    c.eval.num_heatmaps = 8
+    return c
+
+
+def _apply_preset(c, preset):
+    if preset == "demo":
+        c.image_size = 64
+        c.data.category = "brick,gravel"
+        c.students.scales = (17, 33)
+        c.students.train_crop = 24
+        c.train.batch_size = 4
+        c.train.epochs = 20
+        c.train.learning_rate = 1e-3
+        c.train.checkpoint_every = 100
+        c.train.log_every = 10
+        c.eval.batch_size = 8
+    elif preset == "smoke":
+        c.image_size = 32
+        c.students.scales = (17, 33)
+        c.students.count = 2
+        c.students.dim = 16
+        c.students.train_crop = 8
+        c.train.epochs = 0
+        c.train.steps = 3
+        c.train.batch_size = 2
+        c.train.checkpoint_every = 2
+        c.train.log_every = 1
+        c.eval.num_heatmaps = 2
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r}: use demo or smoke")
+
+
+def get_config(arg: str = ""):
+    c = _base()
+    parts = [p for p in (arg or "").split(",") if p]
+    for preset in [p for p in parts if "=" not in p] or [""]:
+        _apply_preset(c, preset)
+    for key, value in (p.split("=", 1) for p in parts if "=" in p):
+        if key == "category":
+            c.data.category = value
+        else:
+            raise ValueError(f"unknown config argument {key!r}")
+    return c
