@@ -136,7 +136,7 @@ def test_triplet_and_compactness_losses_equal_numpy():
     got = float(ptp.triplet_loss(*(jnp.asarray(x, jnp.float32) for x in (a, p, n)), 1.5))
     assert got == pytest.approx(expected, rel=1e-5)
     corr = np.corrcoef(a.T)
-    expected = (corr ** 2).sum() - (np.diag(corr) ** 2).sum()
+    expected = ((corr ** 2).sum() - (np.diag(corr) ** 2).sum()) / (4 * 3)
     assert float(ptp.compactness_loss(jnp.asarray(a, jnp.float32))) == pytest.approx(expected, rel=1e-3)
 
 
