@@ -44,14 +44,10 @@ def model_config(model: str, batch: int, image_size: int):
 
     STFPM gets a random-init ResNet-18 teacher (``teacher.fallback=''``): speed does not depend on
     the weights, and no checkpoint is needed."""
-    import importlib.util
+    from kdad_jax import config_files
     name, preset, _ = MODELS[model]
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_config", os.path.join(project, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
+    config = config_files.load(os.path.join(project, "configs", f"{name}.py")).get_config(preset)
     config.image_size = image_size
     config.train.batch_size = batch
     if "fallback" in config.teacher:

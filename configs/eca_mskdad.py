@@ -11,16 +11,7 @@ The paper's ablation, by options alone (ECA × relative-distance loss):
     --config=configs/eca_mskdad.py:demo                    (both: ECA-MSKDAD)
 """
 
-import importlib.util
-import os
-
-
-def _stfpm():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stfpm.py")
-    spec = importlib.util.spec_from_file_location("kdad_configs_stfpm", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from kdad_jax import config_files
 
 
 def _eca_mskdad_defaults(c):
@@ -32,5 +23,5 @@ def _eca_mskdad_defaults(c):
 
 
 def get_config(arg: str = ""):
-    stfpm = _stfpm()
+    stfpm = config_files.sibling(__file__, "stfpm")
     return stfpm.configure(stfpm._base(), arg, _eca_mskdad_defaults)

@@ -7,18 +7,9 @@ Presets and options as configs/stfpm.py (demo, smoke; category=NAME):
     --config.map.paths=direct           maps from the layer-to-layer discrepancies only
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _stfpm():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stfpm.py")
-    spec = importlib.util.spec_from_file_location("kdad_configs_stfpm", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from kdad_jax import config_files
 
 
 def _mixed_defaults(c):
@@ -30,5 +21,5 @@ def _mixed_defaults(c):
 
 
 def get_config(arg: str = ""):
-    stfpm = _stfpm()
+    stfpm = config_files.sibling(__file__, "stfpm")
     return stfpm.configure(stfpm._base(), arg, _mixed_defaults)

@@ -39,6 +39,12 @@ class PairAugment(NamedTuple):
     blur_sigma_max: float = 2.0
 
 
+def crop_at(images, side: int, ys, xs):
+    """One side×side crop per image at top-left (ys[b], xs[b]): [B, H, W, C] -> [B, side, side, C]."""
+    crop = lambda image, y, x: jax.lax.dynamic_slice(image, (y, x, 0), (side, side, image.shape[-1]))
+    return jax.vmap(crop)(images, ys, xs)
+
+
 def grayscale(images):
     """[..., 3] -> [..., 3] luma repeated over the channels."""
     gray = images @ _GRAY_WEIGHTS

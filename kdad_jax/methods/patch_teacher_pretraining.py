@@ -16,13 +16,13 @@ random p×p patches (anchor), a copy shifted by up to ``triplet_shift`` pixels w
 The decoder is trained with the network and dropped from the saved teacher.
 """
 
-import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from kdad_jax import backbones
+from kdad_jax.data.device_augment import crop_at
 from kdad_jax.methods.base import Method, imagenet_normalize
 from kdad_jax.models.patch_net import PatchNet
 
@@ -56,21 +56,16 @@ def compactness_loss(descriptors):
     return (jnp.sum(corr ** 2) - jnp.sum(jnp.diag(corr) ** 2)) / (d * (d - 1))
 
 
-def _crops(rng, images, side, ys, xs):
-    crop = lambda image, y, x: jax.lax.dynamic_slice(image, (y, x, 0), (side, side, 3))
-    return jax.vmap(crop)(images, ys, xs)
-
-
 def sample_triplets(rng, images, p: int, shift: int, noise: float):
     """(anchor, positive, negative) patches [B, p, p, 3] from images [B, S, S, 3]."""
     b, s = images.shape[0], images.shape[1]
     k_y, k_x, k_dy, k_dx, k_noise = jax.random.split(rng, 5)
     ys = jax.random.randint(k_y, (b,), 0, s - p + 1)
     xs = jax.random.randint(k_x, (b,), 0, s - p + 1)
-    anchor = _crops(rng, images, p, ys, xs)
+    anchor = crop_at(images, p, ys, xs)
     dy = jax.random.randint(k_dy, (b,), -shift, shift + 1)
     dx = jax.random.randint(k_dx, (b,), -shift, shift + 1)
-    positive = _crops(rng, images, p, jnp.clip(ys + dy, 0, s - p), jnp.clip(xs + dx, 0, s - p))
+    positive = crop_at(images, p, jnp.clip(ys + dy, 0, s - p), jnp.clip(xs + dx, 0, s - p))
     positive = jnp.clip(positive + noise * jax.random.normal(k_noise, positive.shape), 0.0, 1.0)
     negative = jnp.roll(anchor, 1, axis=0)   # another image's patch
     return anchor, positive, negative

@@ -24,7 +24,6 @@ architecture; without that either, a random-init ResNet-18 teacher (with a warni
 """
 
 import functools
-import os
 from typing import NamedTuple, Sequence, Tuple
 
 import jax

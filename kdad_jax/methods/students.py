@@ -30,7 +30,8 @@ import numpy as np
 from kdad_jax import checkpoint, inference
 from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method, imagenet_normalize
-from kdad_jax.models.patch_net import PatchNet, dense_features
+from kdad_jax.data import device_augment
+from kdad_jax.models.patch_net import PatchNet, dense_features, pad_for_dense
 
 _NAN = np.float32(np.nan)
 
@@ -141,8 +142,7 @@ def _random_crops(rng, images, side):
     b, h, w, _ = images.shape
     ys = jax.random.randint(rng, (b,), 0, h - side + 1)
     xs = jax.random.randint(jax.random.fold_in(rng, 1), (b,), 0, w - side + 1)
-    crop = lambda image, y, x: jax.lax.dynamic_slice(image, (y, x, 0), (side, side, 3))
-    return jax.vmap(crop)(images, ys, xs)
+    return device_augment.crop_at(images, side, ys, xs)
 
 
 def _crop_input(p, side):
@@ -157,9 +157,7 @@ def _loss(nets, config, params, model_state, frozen, stats, batch, rng):
     total, aux = 0.0, {}
     for p, key_rng in zip(nets.scales, jax.random.split(rng, len(nets.scales))):
         key = scale_key(p)
-        half = p // 2
-        padded = jnp.pad(images, ((0, 0), (half, p - 1 - half), (half, p - 1 - half), (0, 0)),
-                         mode="reflect")
+        padded = pad_for_dense(images, p)
         side = min(crop, images.shape[1], images.shape[2]) if crop else None
         if side:
             padded = _random_crops(key_rng, padded, _crop_input(p, side))

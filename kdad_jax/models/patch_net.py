@@ -69,18 +69,20 @@ class PatchNet(nn.Module):
         return x
 
 
+def pad_for_dense(images, patch_size: int):
+    """Reflect-pad [B, H, W, 3] by p//2 before and p−1−p//2 after, so the dense output's pixel
+    (y, x) describes the patch centred on image pixel (y, x): -> [B, H+p−1, W+p−1, 3]."""
+    half = patch_size // 2
+    rest = patch_size - 1 - half
+    return jnp.pad(images, ((0, 0), (half, rest), (half, rest), (0, 0)), mode="reflect")
+
+
 def dense_features(net: PatchNet, variables, images) -> jnp.ndarray:
     """Descriptor of the patch centred on every pixel: [B, H, W, 3] -> [B, H, W, D]."""
-    p = net.patch_size
-    half = p // 2
-    padded = jnp.pad(images, ((0, 0), (half, p - 1 - half), (half, p - 1 - half), (0, 0)), mode="reflect")
-    out = net.apply(variables, padded, dense=True)
+    out = net.apply(variables, pad_for_dense(images, net.patch_size), dense=True)
     return out[:, :images.shape[1], :images.shape[2]]
 
 
 def patch_at(images, y: int, x: int, patch_size: int) -> jnp.ndarray:
     """The p×p patch centred on (y, x) of the reflect-padded images (for checks): [B, p, p, 3]."""
-    half = patch_size // 2
-    padded = jnp.pad(images, ((0, 0), (half, patch_size - 1 - half), (half, patch_size - 1 - half), (0, 0)),
-                     mode="reflect")
-    return padded[:, y:y + patch_size, x:x + patch_size]
+    return pad_for_dense(images, patch_size)[:, y:y + patch_size, x:x + patch_size]
