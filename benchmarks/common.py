@@ -26,9 +26,15 @@ def peak_rss_mb() -> float:
 
 
 def run_case_in_child(script: str, case: dict, timeout: int = 1800) -> dict:
-    """Run ``script --case JSON`` in a fresh interpreter; it prints one JSON object last."""
+    """Run ``script --case JSON`` in a fresh interpreter; it prints one JSON object last.
+
+    ``case['devices']`` > 1 forces that many XLA host (CPU) devices in the child."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if case.get("devices", 1) > 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                            f" --xla_force_host_platform_device_count={case['devices']}").strip()
     proc = subprocess.run([sys.executable, script, "--case", json.dumps(case)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         return {**case, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -120,6 +126,9 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--devices", default="1",
+                        help="comma-separated CPU device counts to force (XLA host devices); the "
+                             "batch is the global batch, sharded over them; torch runs with 1 only")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -127,19 +136,25 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
         fn = jax_case if case["side"] == "jax" else torch_case
         print(json.dumps(fn(case["model"], case["batch"], case["image_size"], case["repeats"])))
         return
+    device_counts = [int(d) for d in args.devices.split(",")]
     import jax
     results = []
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            case = {"model": model, "batch": batch, "image_size": args.image_size, "repeats": args.repeats}
-            row = {"method": MODELS[model][2], "batch": batch, "image_size": args.image_size}
-            row.update(run_case_in_child(script, {**case, "side": "jax"}))
-            if torch_available():
-                row.update(run_case_in_child(script, {**case, "side": "torch"}))
-                if "jax_s" in row and "torch_s" in row:
-                    row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
-            results.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)  # progress
+            for devices in device_counts:
+                case = {"model": model, "batch": batch, "image_size": args.image_size,
+                        "repeats": args.repeats, "devices": devices}
+                row = {"method": MODELS[model][2], "batch": batch, "image_size": args.image_size,
+                       "devices": devices}
+                row.update(run_case_in_child(script, {**case, "side": "jax"}))
+                if "jax_s" in row:
+                    row["jax_images_per_s"] = batch / row["jax_s"]
+                if devices == 1 and torch_available():
+                    row.update(run_case_in_child(script, {**case, "side": "torch"}))
+                    if "jax_s" in row and "torch_s" in row:
+                        row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)  # progress
     print(json.dumps({"benchmark": benchmark, "unit": unit,
                       "machine": f"{platform.machine()} {os.cpu_count()} cpus", "jax": jax.__version__,
                       "backend": jax.default_backend(), "cases": results}, indent=1))

@@ -48,7 +48,8 @@ def _base():
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 70_000
-    c.train.batch_size = 1
+    c.train.batch_size = 1  # GLOBAL batch (all devices together)
+    c.train.per_device_batch_size = 0  # > 0: global batch = this × devices (overrides batch_size)
     c.train.learning_rate = 1e-4
     c.train.weight_decay = 1e-5   # coupled L2, as PyTorch Adam's weight_decay
     c.train.lr_drop_fraction = 0.95  # lr x0.1 after this fraction of steps

@@ -46,7 +46,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 60000
-    c.train.batch_size = 16
+    c.train.batch_size = 16  # GLOBAL batch (all devices together)
+    c.train.per_device_batch_size = 0  # > 0: global batch = this × devices (overrides batch_size)
     c.train.learning_rate = 1e-4
     c.train.weight_decay = 1e-5
     c.train.lr_drop_fraction = 1.0      # the paper keeps the rate constant

@@ -69,7 +69,8 @@ def _base():
     c.train.learning_rate = 0.4
     c.train.momentum = 0.9
     c.train.weight_decay = 1e-4   # the paper's (anomalib uses 1e-3)
-    c.train.batch_size = 32
+    c.train.batch_size = 32  # GLOBAL batch (all devices together)
+    c.train.per_device_batch_size = 0  # > 0: global batch = this × devices (overrides batch_size)
     c.train.epochs = 300          # steps = epochs × train images / batch, per category
     c.train.steps = 0             # set from epochs; a value here counts only when epochs = 0
     c.train.lr_drop_fraction = 1.0  # constant lr

@@ -41,7 +41,8 @@ def _base():
     c.train.optimizer = "adam"
     c.train.learning_rate = 1e-4
     c.train.weight_decay = 1e-5
-    c.train.batch_size = 1
+    c.train.batch_size = 1  # GLOBAL batch (all devices together)
+    c.train.per_device_batch_size = 0  # > 0: global batch = this × devices (overrides batch_size)
     c.train.epochs = 100
     c.train.steps = 0             # set from epochs; counts only when epochs = 0
     c.train.lr_drop_fraction = 1.0

@@ -32,7 +32,8 @@ def save_state(mngr: ocp.CheckpointManager, state: Any, stats: Any, replace: boo
     step = int(state.step)
     if replace and step in mngr.all_steps():
         mngr.delete(step)
-    stats = stats or {_NO_STATS: np.zeros((), np.int32)}  # Orbax refuses an empty item
+    # Stats are host values (identical on every process); Orbax refuses an empty item.
+    stats = {k: np.asarray(v) for k, v in stats.items()} or {_NO_STATS: np.zeros((), np.int32)}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), stats=ocp.args.StandardSave(stats))
     mngr.save(step, args=args, force=replace)
     mngr.wait_until_finished()

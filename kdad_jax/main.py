@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import backbones, evaluate, pretrain, teachers, train
+from kdad_jax import backbones, evaluate, parallel, pretrain, teachers, train
 from kdad_jax.data import embedded, mvtec
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
@@ -22,13 +22,21 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (or resume) then evaluate; eval: evaluate the latest checkpoint.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "host:port of process 0 for a multi-process job started by hand "
+    "(SLURM, TPU VMs and Open MPI are detected without it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 
 
 def resolve_dataset(config, workdir: str):
     """(root, dataset name). An empty ``config.data.root`` means the embedded dataset."""
     if config.data.root:
         return os.path.abspath(config.data.root), os.path.basename(os.path.normpath(config.data.root))
-    root = embedded.ensure(os.path.join(workdir, "embedded_data"), seed=0)
+    root = os.path.join(workdir, "embedded_data")
+    if parallel.is_writer():  # the others wait, then read it from the shared workdir
+        embedded.ensure(root, seed=0)
+    parallel.barrier("embedded_data")
     return root, "embedded"
 
 
@@ -53,31 +61,35 @@ def run(config, workdir: str, mode: str = "train") -> dict:
             raise UserError("teacher pretraining has only --mode=train")
         return pretrain.run(config, workdir)
     start = time.time()
+    writer = parallel.is_writer()  # only process 0 writes files and prints
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+    if writer:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     root, dataset = resolve_dataset(config, workdir)
     builtin = teachers.builtin_name(config.teacher.checkpoint)
-    if builtin:
+    if builtin and writer:
         made = teachers.record(builtin)
         print(f"teacher: built-in {builtin} (distilled here from {made['backbone'].split(' ')[0]}, "
               f"{made['steps']} steps; see kdad_jax/teachers/{builtin}.json)", flush=True)
     categories = mvtec.list_categories(root, config.data.category)
     method = get_method(config)
-    if method.info.get("teacher_choice") not in (None, "configured checkpoint"):
+    if writer and method.info.get("teacher_choice") not in (None, "configured checkpoint"):
         print(f"teacher: {method.info['teacher_choice']}", flush=True)
     per_category = {}
     for name in categories:
         category_start = time.time()
         data = mvtec.read_category(root, name, config.image_size)
-        print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
-              f"({int(data.test_labels.sum())} anomalous)", flush=True)
+        if writer:
+            print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
+                  f"({int(data.test_labels.sum())} anomalous)", flush=True)
         trained = train.train_category(config, workdir, name, method, data.train,
                                        resume_only=(mode == "eval"))
         maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                      trained.stats, data.test, config.eval.batch_size)
         result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks)
-        evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+        if writer:
+            evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
         result.update(teacher=trained.teacher, train_steps=trained.steps,
                       seconds=round(time.time() - category_start, 1))
         per_category[name] = result
@@ -99,6 +111,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         "per_category": per_category,
         "seconds": round(time.time() - start, 1),
     }
+    if not writer:
+        return results
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(evaluate.format_table(per_category, mean))
@@ -136,10 +150,14 @@ def main(argv):
         raise app.UsageError("--config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; progress has its own bar
     try:
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except parallel.Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, as if the notice had ended the process: launchers requeue
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from kdad_jax import backbones, checkpoint, train
-from kdad_jax.data import augment
+from kdad_jax import backbones, checkpoint, parallel, train
+from kdad_jax.data import augment, pipeline
 from kdad_jax.data import images as image_io
 from kdad_jax.data import penalty as photo_sources
 from kdad_jax.errors import UserError
@@ -98,11 +98,8 @@ class _Grayscale:
 def batches(source, config, start_step: int):
     """grain pipeline indexed by step (a resume sees the same batches): shuffle, grayscale, batch."""
     dataset = (grain.MapDataset.source(source).shuffle(config.seed).repeat()
-               .random_map(_Grayscale(config.pretrain.grayscale_prob), seed=config.seed)
-               .batch(config.train.batch_size, drop_remainder=True)
-               .slice(slice(start_step, config.train.steps)))
-    options = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=4)
-    return iter(dataset.to_iter_dataset(options))
+               .random_map(_Grayscale(config.pretrain.grayscale_prob), seed=config.seed))
+    return pipeline.process_batches(dataset, config, start_step)
 
 
 def _stats_batches(source, config):
@@ -115,27 +112,34 @@ def _stats_batches(source, config):
 def run(config, workdir: str) -> dict:
     start = time.time()
     os.makedirs(workdir, exist_ok=True)
+    mesh = parallel.make_mesh()
+    config = parallel.resolve_batch_size(config, mesh)
     method = get_method(config)
     source = image_source(config)
     name = output_name(config, method)
-    print(f"teacher pretraining: {len(source)} images, backbone {config.pretrain.backbone}, "
-          f"{name}, {config.train.steps} steps x batch {config.train.batch_size}", flush=True)
+    if parallel.is_writer():
+        print(f"teacher pretraining: {len(source)} images, backbone {config.pretrain.backbone}, "
+              f"{name}, {config.train.steps} steps x batch {config.train.batch_size}", flush=True)
     rng_frozen, rng_init = jax.random.split(jax.random.key(config.seed))
     frozen, description = method.load_frozen(rng_frozen)
     tx = train.make_optimizer(config)
     checkpoints = "teacher" if name.startswith("teacher_pdn") else name  # one job per patch size
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints", checkpoints), config.train.checkpoint_every)
-    restored = train.restore(mngr, method, tx, frozen, rng_init)
+    restored = train.restore(mngr, method, tx, frozen, rng_init, mesh)
     if restored is None:
         state = train.initial_state(method, tx, frozen, rng_init)
         stats = method.prepare_stats(frozen, _stats_batches(source, config))
     else:
         state, stats = restored
-        print(f"teacher: resuming from step {int(state.step)}", flush=True)
+        if parallel.is_writer():
+            print(f"teacher: resuming from step {int(state.step)}", flush=True)
     state = train.run_steps(config, workdir, checkpoints, method, tx, state, frozen, stats,
-                            batches(source, config, int(state.step)), mngr)
+                            batches(source, config, int(state.step)), mngr, mesh)
     checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
+    state = state.replace(params=parallel.to_host(state.params))
+    if not parallel.is_writer():
+        return {"steps": int(state.step)}
     return _write_teacher(config, method, workdir, state, stats, description, time.time() - start)
 
 

@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from kdad_jax import checkpoint
+from kdad_jax import checkpoint, parallel
 from kdad_jax.data import penalty as penalty_data
 from kdad_jax.data import pipeline
 from kdad_jax.errors import UserError
@@ -84,8 +84,10 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.piecewise_constant_schedule(config.train.learning_rate, {drop_at: 0.1})
 
 
-def make_train_step(method: Method, tx: optax.GradientTransformation):
-    """Pure step: (state, frozen, stats, batch, rng) -> (state, metrics). Frozen stays an argument."""
+def make_train_step(method: Method, tx: optax.GradientTransformation, mesh):
+    """Pure step: (state, frozen, stats, batch, rng) -> (state, metrics). Frozen stays an argument.
+
+    Jitted with the mesh's shardings: batch split over ``data``, everything else replicated."""
 
     def step(state, frozen, stats, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
@@ -96,14 +98,15 @@ def make_train_step(method: Method, tx: optax.GradientTransformation):
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state, model_state), {"loss": loss, **aux}
 
-    return jax.jit(step, donate_argnums=(0,))
+    replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch, replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def restore(mngr, method: Method, tx, frozen, rng):
-    """Latest (state, stats) in ``mngr``, or None."""
-
-    return checkpoint.restore_latest(
-        mngr, jax.eval_shape(lambda: initial_state(method, tx, frozen, rng)))
+def restore(mngr, method: Method, tx, frozen, rng, mesh):
+    """Latest (state, stats) in ``mngr`` (state replicated on ``mesh``), or None."""
+    abstract = jax.eval_shape(lambda: initial_state(method, tx, frozen, rng))
+    return checkpoint.restore_latest(mngr, parallel.abstract_replicated(abstract, mesh))
 
 
 def is_calibrated(stats) -> bool:
@@ -121,39 +124,52 @@ def _log_metrics(path, category, step, metrics, lr, elapsed):
         f.write(json.dumps(record) + "\n")
 
 
-def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr):
+def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr, mesh):
     penalty = None  # pretraining images only for methods that penalize them (EfficientAD)
     if "penalty" in config:
         penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
     batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
-    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr)
+    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr, mesh)
 
 
-def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr):
-    """The loop every training job shares: jitted steps over ``batches`` (which start at
-    ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
-    ``config.train.log_every`` steps, checkpoints every ``config.train.checkpoint_every``."""
-    step_fn = make_train_step(method, tx)
+def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr, mesh):
+    """The loop every training job shares: jitted steps over ``batches`` (this process's slices,
+    starting at ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
+    ``config.train.log_every`` steps, checkpoints every ``config.train.checkpoint_every`` and on
+    a preemption notice (SIGTERM: save, then raise ``parallel.Preempted``).
+
+    Returns the state replicated on ``mesh``."""
+    step_fn = make_train_step(method, tx, mesh)
     schedule_lr = learning_rate_schedule(config)
-    rng = jax.random.key(config.seed + 1)
+    state, frozen_on_mesh, stats_on_mesh = parallel.replicate((state, frozen, stats), mesh)
+    rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
     total = config.train.steps
+    writer = parallel.is_writer()
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     start = time.time()
-    bar = tqdm(total=total, initial=int(state.step), desc=name, unit="step", dynamic_ncols=True)
-    for batch in batches:
-        state, metrics = step_fn(state, frozen, stats, batch, rng)
-        step = int(state.step)
-        if step % config.train.log_every == 0 or step == total:
-            metrics = jax.device_get(metrics)
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"{name}: loss is {metrics['loss']} at step {step}; "
-                                         f"the last good checkpoint is kept in {mngr.directory}")
-            _log_metrics(metrics_path, name, step, metrics, float(schedule_lr(step - 1)),
-                         time.time() - start)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        bar.update(1)
-        if step < total and step % config.train.checkpoint_every == 0:
-            checkpoint.save_state(mngr, state, stats)
+    bar = tqdm(total=total, initial=int(state.step), desc=name, unit="step", dynamic_ncols=True,
+               disable=not writer)
+    with parallel.Preemption() as preemption:
+        for local_batch in batches:
+            batch = parallel.shard_batch(local_batch, mesh)
+            state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, batch, rng)
+            step = int(state.step)
+            if step % config.train.log_every == 0 or step == total:
+                metrics = parallel.to_host(metrics)
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"{name}: loss is {metrics['loss']} at step {step}; "
+                                             f"the last good checkpoint is kept in {mngr.directory}")
+                if writer:
+                    _log_metrics(metrics_path, name, step, metrics, float(schedule_lr(step - 1)),
+                                 time.time() - start)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            bar.update(1)
+            preempted = preemption.reached(step)
+            if step < total and (step % config.train.checkpoint_every == 0 or preempted):
+                checkpoint.save_state(mngr, state, stats)
+            if preempted and step < total:
+                bar.close()
+                raise parallel.Preempted(step, mngr.directory)
     bar.close()
     return state
 
@@ -165,6 +181,8 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
     ``resume_only``: do not train; load the latest checkpoint (for --mode=eval).
     """
     rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
+    mesh = parallel.make_mesh()
+    config = parallel.resolve_batch_size(config, mesh)
     frozen, teacher = method.load_frozen(rng_teacher)
     if teacher == "random-init":
         logging.warning("%s: no teacher checkpoint given (config.teacher.checkpoint): using a FROZEN "
@@ -175,7 +193,7 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
     config = with_total_steps(config, len(fit_idx))
     tx = make_optimizer(config)
     mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
-    restored = restore(mngr, method, tx, frozen, rng_init)
+    restored = restore(mngr, method, tx, frozen, rng_init, mesh)
     if restored is None:
         if resume_only:
             raise UserError(f"{mngr.directory}: no checkpoint to evaluate; train first")
@@ -184,18 +202,21 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
             train_images[fit_idx], config.eval.batch_size))
     else:
         state, stats = restored
-        print(f"{category}: resuming from step {int(state.step)} in {mngr.directory}", flush=True)
+        if parallel.is_writer():
+            print(f"{category}: resuming from step {int(state.step)} in {mngr.directory}", flush=True)
 
     trains = int(state.step) < config.train.steps and not resume_only
     if trains:
         state = _fit(config, workdir, category, method, tx, state, frozen, stats,
-                     train_images[fit_idx], mngr)
+                     train_images[fit_idx], mngr, mesh)
+    # Evaluation and calibration run on each process's own devices with host copies.
+    params, model_state = parallel.to_host((state.params, state.model_state))
     # Calibration belongs to the final params: redo it after any training (a checkpoint may carry
     # quantiles of an earlier, shorter run) and on eval. Held-out *training* images only.
     if trains or resume_only or not is_calibrated(stats):
-        stats = method.fit_stats(state.params, state.model_state, frozen, stats, pipeline.image_batches(
+        stats = method.fit_stats(params, model_state, frozen, stats, pipeline.image_batches(
             train_images[val_idx], config.eval.batch_size))
         if not resume_only:
             checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
-    return Trained(state.params, state.model_state, frozen, stats, teacher, int(state.step))
+    return Trained(params, model_state, frozen, stats, teacher, int(state.step))

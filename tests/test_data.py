@@ -1,5 +1,9 @@
 """The MVTec reader on trees built here and on the real bottle category; pipeline; embedded set."""
 
+import glob
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,7 +11,7 @@ from PIL import Image
 
 from kdad_jax.data import embedded, mvtec, penalty, pipeline
 from kdad_jax.errors import UserError
-from tests.conftest import build_tree
+from tests.conftest import PROJECT, build_tree, optional_module
 
 
 def test_reader_counts_modes_and_masks(tiny_tree):
@@ -116,3 +120,25 @@ def test_sixteen_bit_png_is_scaled_to_eight_bit(tmp_path):
     Image.fromarray(np.full((8, 8), 65535 // 2, np.uint16)).save(path)
     rgb = image_io.load_rgb(path, 8)
     assert rgb.shape == (8, 8, 3) and abs(int(rgb[0, 0, 0]) - 128) <= 1
+
+
+def test_tfds_array_record_dataset_reads_back_as_the_folder(tiny_tree, tmp_path):
+    """tfds_build writes an MVTec tree as array_record (no TensorFlow); reading it gives the
+    same arrays, labels, masks and order as reading the folders."""
+    optional_module("tensorflow_datasets", "tfds")
+    from kdad_jax.data import mvtec, tfds_build
+
+    out = str(tmp_path / "tfds")
+    proc = subprocess.run([sys.executable, "-m", "kdad_jax.data.tfds_build", f"--root={tiny_tree}",
+                           f"--out={out}"], cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert glob.glob(os.path.join(out, "kdad_mvtec", "widget", "1.0.0", "*.array_record*"))
+    assert mvtec.list_categories(out, "all") == ["widget"]
+    folder, stored = mvtec.read_category(tiny_tree, "widget", 32), mvtec.read_category(out, "widget", 32)
+    np.testing.assert_array_equal(stored.train, folder.train)
+    np.testing.assert_array_equal(stored.test, folder.test)
+    np.testing.assert_array_equal(stored.test_masks, folder.test_masks)
+    np.testing.assert_array_equal(stored.test_labels, folder.test_labels)
+    assert stored.test_defects == folder.test_defects
+    assert [os.path.basename(p) for p in stored.test_paths] == [os.path.basename(p) for p in folder.test_paths]
+    assert folder.test_masks.any()

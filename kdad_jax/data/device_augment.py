@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_GRAY_WEIGHTS = jnp.array([0.299, 0.587, 0.114], jnp.float32)  # ITU-R 601, as torchvision
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision (numpy: no backend at import)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
                         [0.596, -0.274, -0.322],
                         [0.211, -0.523, 0.312]], np.float32)

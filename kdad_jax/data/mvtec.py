@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 
 from kdad_jax.data import images as image_io
+from kdad_jax.data import tfds_build
 from kdad_jax.errors import UserError
 
 
@@ -27,10 +28,14 @@ class Category:
 
 
 def list_categories(root: str, category) -> List[str]:
-    """Resolve ``category`` ('all', 'a,b' or a list) against the folders under ``root``."""
+    """Resolve ``category`` ('all', 'a,b' or a list) against the folders under ``root`` (or the
+    categories of a TFDS dataset written by data/tfds_build.py)."""
     if not os.path.isdir(root):
         raise UserError(f"{root}: dataset root not found")
-    available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train")))
+    if tfds_build.is_tfds_root(root):
+        available = tfds_build.categories(root)
+    else:
+        available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train")))
     if isinstance(category, str):
         wanted = available if category == "all" else [c.strip() for c in category.split(",") if c.strip()]
     else:
@@ -38,7 +43,7 @@ def list_categories(root: str, category) -> List[str]:
     if not wanted:
         raise UserError(f"{root}: no category folders with a train/ subfolder")
     for name in wanted:
-        if not os.path.isdir(os.path.join(root, name)):
+        if name not in available and not os.path.isdir(os.path.join(root, name)):
             raise UserError(f"{os.path.join(root, name)}: category not found "
                             f"(available: {', '.join(available) or 'none'})")
     return wanted
@@ -85,6 +90,8 @@ def read_test(root: str, image_size: int):
 
 
 def read_category(root: str, name: str, image_size: int) -> Category:
+    if tfds_build.is_tfds_root(root):
+        return tfds_build.read_category(root, name, image_size)
     category_root = os.path.join(root, name)
     train = read_train(category_root, image_size)
     test, labels, masks, paths, defects = read_test(category_root, image_size)

@@ -59,16 +59,30 @@ def training_batches(train_images: np.ndarray, penalty, config, start_step: int)
     """Batches for steps ``start_step .. config.train.steps - 1``; each a dict of [B, H, W, 3].
 
     ``penalty``: a source of pretraining images, or None for methods without a penalty."""
-    batch_size = config.train.batch_size
     sources = _Sources(train_images, penalty, config.seed)
     grayscale = config.penalty.grayscale_prob if "penalty" in config else 0.0
     dataset = (
         grain.MapDataset.range(sys.maxsize // 2)
         .map(sources)
         .random_map(_Augment(config.train.get("color_jitter"), grayscale), seed=config.seed)
-        .batch(batch_size, drop_remainder=True)
-        .slice(slice(start_step, config.train.steps))
     )
+    return process_batches(dataset, config, start_step)
+
+
+def process_batches(elements: grain.MapDataset, config, start_step: int) -> Iterator[dict]:
+    """This process's slices of the global batches for steps ``start_step .. train.steps - 1``.
+
+    Global batch k is elements [k·B, (k+1)·B) of ``elements`` whatever the number of processes
+    (so a run's result does not depend on it); with P processes (grain's ``ShardByJaxProcess``)
+    process p loads only elements k·B + p·B/P ... of it. Augmentation seeds follow the element
+    index, so a resumed run sees exactly the batches it would have seen."""
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    local = config.train.batch_size // shard.shard_count
+    if local * shard.shard_count != config.train.batch_size:
+        raise ValueError(f"batch {config.train.batch_size} does not split over {shard.shard_count} processes")
+    dataset = elements.batch(local, drop_remainder=True).slice(slice(
+        start_step * shard.shard_count + shard.shard_index, config.train.steps * shard.shard_count,
+        shard.shard_count))
     options = grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=4)
     return iter(dataset.to_iter_dataset(options))
 

@@ -17,7 +17,8 @@ from kdad_jax.models.conv import Conv
 
 
 def _bn(train: bool, name: str):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        use_fast_variance=False, name=name)
 
 
 def resize_to(x, hw):
