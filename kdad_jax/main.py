@@ -13,15 +13,16 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import backbones, evaluate, parallel, pretrain, teachers, train
+from kdad_jax import backbones, evaluate, export, parallel, pretrain, teachers, train
 from kdad_jax.data import embedded, mvtec
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/efficientad.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train: train (or resume) then evaluate; eval: evaluate the latest checkpoint.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"],
+                          "train: train (or resume) then evaluate; eval: evaluate the latest checkpoint; "
+                          "export: evaluate, then write W/export/<category>/ for kdad_jax.deploy.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "host:port of process 0 for a multi-process job started by hand "
     "(SLURM, TPU VMs and Open MPI are detected without it).")
@@ -84,7 +85,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
             print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
                   f"({int(data.test_labels.sum())} anomalous)", flush=True)
         trained = train.train_category(config, workdir, name, method, data.train,
-                                       resume_only=(mode == "eval"))
+                                       resume_only=(mode in ("eval", "export")))
         maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                      trained.stats, data.test, config.eval.batch_size)
         result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks)
@@ -92,6 +93,13 @@ def run(config, workdir: str, mode: str = "train") -> dict:
             evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
         result.update(teacher=trained.teacher, train_steps=trained.steps,
                       seconds=round(time.time() - category_start, 1))
+        if mode == "export" and writer:
+            folder = export.export_category(
+                os.path.join(workdir, "export", name), method, trained, config.image_size,
+                {"category": name, "threshold": float(result["image_threshold"]),
+                 "threshold_rule": "image F1-max on the test set", "test_metrics": {
+                     k: result[k] for k in evaluate.METRIC_KEYS}})
+            print(f"{name}: exported to {folder} (load with kdad_jax.deploy.load)", flush=True)
         per_category[name] = result
     mean = evaluate.mean_over_categories(per_category)
     teacher_files = sorted({r["teacher"] for r in per_category.values()})

@@ -18,6 +18,7 @@ or with explicit coordinator flags; JAX discovers the rest. On CPU it selects gl
 
 import os
 import signal
+import threading
 from typing import Any, Optional, Sequence
 
 import jax
@@ -190,7 +191,7 @@ class Preemption:
 
 
 def _in_main_thread() -> bool:
-    import threading
+    """Python accepts signal handlers only there (a notebook's worker thread cannot install one)."""
     return threading.current_thread() is threading.main_thread()
 
 

@@ -1,0 +1,64 @@
+"""``--mode=export``: each trained category as a self-contained inference artifact.
+
+    python -m kdad_jax.main --config=configs/efficientad.py:demo --workdir=W --mode=export
+
+Writes ``W/export/<category>/``:
+  model.jax_export   the anomaly-map function serialized with ``jax.export`` (StableHLO), batch
+                     size symbolic: images [B, S, S, 3] float32 RGB in [0, 1] -> maps [B, S, S]
+  weights.msgpack    its arguments: trained params, BatchNorm state, frozen teacher and the
+                     normalization constants (``stats``: teacher mean/std, map quantiles, ...)
+  meta.json          image size, method, platforms, the normalization constants' names and
+                     shapes, and the image-score threshold when evaluation chose one
+``kdad_jax.deploy.load`` runs it with JAX alone (no training code, no configs).
+"""
+
+import json
+import os
+from typing import Optional
+
+import flax.serialization
+import jax
+import numpy as np
+from jax import export as jax_export
+
+from kdad_jax import parallel
+
+FUNCTION_FILE, WEIGHTS_FILE, META_FILE = "model.jax_export", "weights.msgpack", "meta.json"
+
+
+def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None) -> str:
+    """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``."""
+    host = parallel.to_host((trained.params, trained.model_state, trained.frozen, trained.stats))
+    args = [_plain(a) for a in host]  # the pytree structure deploy gets back from msgpack
+    batch = jax_export.symbolic_shape("b")[0]
+    images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
+    specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
+    exported = jax_export.export(jax.jit(method.anomaly_map))(*specs, images)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, FUNCTION_FILE), "wb") as f:
+        f.write(exported.serialize())
+    names = ("params", "model_state", "frozen", "stats")
+    with open(os.path.join(folder, WEIGHTS_FILE), "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(
+            dict(zip(names, args))))
+    meta = {
+        "format": "kdad_jax export v1",
+        "method": method.name,
+        "image_size": image_size,
+        "input": "float32 RGB in [0, 1], [B, S, S, 3] (kdad_jax.deploy resizes and scales uint8 images)",
+        "output": "anomaly maps [B, S, S]; image score = max over the map",
+        "platforms": list(exported.platforms),
+        "arguments": list(names),
+        "normalization_constants": {k: list(np.shape(v)) for k, v in args[3].items()},
+        **(extra_meta or {}),
+    }
+    with open(os.path.join(folder, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    return folder
+
+
+def _plain(tree):
+    """Nested plain dicts of numpy arrays (what msgpack stores and deploy hands back)."""
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        return {str(k): _plain(v) for k, v in tree.items()}
+    return np.asarray(tree)
