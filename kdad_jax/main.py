@@ -13,16 +13,17 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import backbones, evaluate, export, parallel, pretrain, teachers, train
+from kdad_jax import backbones, describe, evaluate, export, parallel, pretrain, teachers, train
 from kdad_jax.data import embedded, mvtec
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/efficientad.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "describe"],
                           "train: train (or resume) then evaluate; eval: evaluate the latest checkpoint; "
-                          "export: evaluate, then write W/export/<category>/ for kdad_jax.deploy.")
+                          "export: evaluate, then write W/export/<category>/ for kdad_jax.deploy; "
+                          "describe: print the resolved config with each key's help (no --workdir).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "host:port of process 0 for a multi-process job started by hand "
     "(SLURM, TPU VMs and Open MPI are detected without it).")
@@ -154,6 +155,10 @@ def _parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is not None and _MODE.value == "describe":
+        path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+        print(describe.describe(_CONFIG.value, path))
+        return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; progress has its own bar

@@ -67,3 +67,16 @@ def test_missing_category_is_one_clear_line(tiny_tree, tmp_path):
                     f"--config.data.root={tiny_tree}", "--config.data.category=gizmo")
     assert proc.returncode == 2
     assert "gizmo: category not found (available: widget)" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_describe_prints_every_key_with_its_help():
+    proc = _run_cli("--config=configs/eca_mskdad.py:demo", "--mode=describe")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    from kdad_jax import config_files
+    config = config_files.load(str(PROJECT / "configs" / "eca_mskdad.py")).get_config("demo")
+    keys = {line.split(" = ")[0] for line in lines[1:]}
+    assert {"train.batch_size", "student.eca", "loss.cosine_weight", "data.root"} <= keys
+    assert len(keys) == len(lines) - 1 and "image_size" in keys and "image_size" in config
+    assert any(l.startswith("student.eca = True") and "# ECA blocks" in l for l in lines)  # from stfpm.py
+    assert any(l.startswith("loss.cosine_weight = 1.0") and "# λ (ours" in l for l in lines)  # own file

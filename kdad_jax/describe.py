@@ -1,0 +1,68 @@
+"""``--mode=describe``: the resolved config, one line per key with its help.
+
+The help of a key is the comment on the line that sets it in the config file (or in the config
+files it builds on, e.g. stfpm.py for eca_mskdad.py); the file's docstring lists the presets.
+"""
+
+import glob
+import os
+import re
+from typing import Dict
+
+_ASSIGNMENT = re.compile(r"^    c\.([A-Za-z_][\w.]*)\s*=[^#]*(?:#\s*(.+?))?\s*$")
+_COMMENT = re.compile(r"^    #\s*(.+?)\s*$")
+
+
+def _bases(config_path: str):
+    """Config files beside ``config_path`` that its source names ('stfpm.py' or "stfpm")."""
+    folder = os.path.dirname(os.path.abspath(config_path))
+    with open(config_path) as f:
+        source = f.read()
+    return [p for p in sorted(glob.glob(os.path.join(folder, "*.py")))
+            if os.path.abspath(p) != os.path.abspath(config_path) and any(f'"{name}"' in source for name in (os.path.basename(p), os.path.basename(p)[:-3]))]
+
+
+def _file_help(path: str) -> Dict[str, str]:
+    """Base-level settings (4-space indent) of one file: the inline comment, else the comment
+    lines just above the assignment."""
+    found: Dict[str, str] = {}
+    above = []
+    with open(path) as f:
+        for line in f:
+            comment = _COMMENT.match(line)
+            if comment:
+                above.append(comment.group(1))
+                continue
+            match = _ASSIGNMENT.match(line)
+            if match and (match.group(2) or above):
+                found[match.group(1)] = match.group(2) or " ".join(above)
+            above = []
+    return found
+
+
+def help_from_sources(config_path: str) -> Dict[str, str]:
+    """key path -> help, from ``config_path`` and the config files it builds on (its own win)."""
+    found: Dict[str, str] = {}
+    for path in _bases(config_path) + [config_path]:
+        found.update(_file_help(path))
+    return found
+
+
+def _flatten(config, prefix=""):
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            yield from _flatten(value, path + ".")
+        else:
+            yield path, value
+
+
+def describe(config, config_path: str) -> str:
+    helps = help_from_sources(config_path)
+    rows = [(path, repr(value), helps.get(path, "")) for path, value in _flatten(config)]
+    width = max(len(f"{p} = {v}") for p, v, _ in rows)
+    lines = [f"# {config_path} (override any key with --config.KEY=VALUE)"]
+    for path, value, text in rows:
+        entry = f"{path} = {value}"
+        lines.append(f"{entry.ljust(width)}  # {text}" if text else entry)
+    return "\n".join(lines)
