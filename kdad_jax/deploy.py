@@ -4,7 +4,7 @@
     detector = deploy.load("W/export/bottle")
     maps = detector.maps(images)        # uint8 [B, H, W, 3] (any H, W: resized) or float in [0, 1]
     scores = detector.scores(images)    # [B], max over each map
-    flags = detector.is_anomalous(images)  # scores > threshold (the one chosen at evaluation)
+    flags = detector.is_anomalous(images)  # scores ≥ threshold (the one chosen at evaluation)
 
 This module imports only JAX, NumPy, Pillow and Flax's msgpack reader, so a production image
 needs the ``kdad_jax`` wheel's dependencies but runs none of its training code.
@@ -54,7 +54,7 @@ class Detector:
         threshold = self.threshold if threshold is None else threshold
         if threshold is None:
             raise ValueError("this export has no threshold; pass one")
-        return self.scores(images) > threshold
+        return self.scores(images) >= threshold  # as evaluation chose it: anomalous at score ≥ threshold
 
 
 def load(folder: str) -> Detector:

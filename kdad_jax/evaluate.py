@@ -29,7 +29,7 @@ def predict_maps(method: Method, params, model_state, frozen, stats, images: np.
 def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> Dict[str, float]:
     scores = maps.reshape(len(maps), -1).max(axis=1)
     image_f1, image_threshold = metrics.f1_max(scores, labels)
-    pixel_f1, _ = metrics.f1_max(maps, masks)
+    pixel_f1, pixel_threshold = metrics.f1_max(maps, masks)
     return {
         "image_auroc": metrics.auroc(scores, labels),
         "pixel_auroc": metrics.auroc(maps, masks),
@@ -37,7 +37,13 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> 
         "image_f1_max": image_f1,
         "pixel_f1_max": pixel_f1,
         "image_threshold": image_threshold,
+        "pixel_threshold": pixel_threshold,
     }
+
+
+def color_range(maps: np.ndarray) -> List[float]:
+    """The fixed colour scale of a category's heat maps: 1st to 99.9th percentile of its maps."""
+    return [float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))]
 
 
 def write_heatmaps(folder: str, data: Category, maps: np.ndarray, count: int) -> List[str]:
@@ -45,7 +51,7 @@ def write_heatmaps(folder: str, data: Category, maps: np.ndarray, count: int) ->
     if count <= 0:
         return []
     picks = np.unique(np.linspace(0, len(maps) - 1, min(count, len(maps))).round().astype(int))
-    vmin, vmax = np.percentile(maps, 1), np.percentile(maps, 99.9)
+    vmin, vmax = color_range(maps)
     paths = []
     for i in picks:
         name = f"{data.test_defects[i]}_{os.path.splitext(os.path.basename(data.test_paths[i]))[0]}.png"

@@ -13,17 +13,24 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import backbones, describe, evaluate, export, parallel, pretrain, teachers, train
+from kdad_jax import (backbones, describe, evaluate, export, logs, parallel, predict, pretrain,
+                      teachers, train)
 from kdad_jax.data import embedded, mvtec
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/efficientad.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "describe"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "predict", "describe"],
                           "train: train (or resume) then evaluate; eval: evaluate the latest checkpoint; "
                           "export: evaluate, then write W/export/<category>/ for kdad_jax.deploy; "
+                          "predict: score --input images into --output; "
                           "describe: print the resolved config with each key's help (no --workdir).")
+_INPUT = flags.DEFINE_string("input", None, "predict: image files and/or folders, comma-separated.")
+_OUTPUT = flags.DEFINE_string("output", None, "predict: folder for scores.csv and overlays.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "predict: image-score threshold (default: "
+                                "the one evaluation saved in W/thresholds.json).")
+_SAVE_MAPS = flags.DEFINE_bool("save_maps", False, "predict: also write the raw maps as .npy.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "host:port of process 0 for a multi-process job started by hand "
     "(SLURM, TPU VMs and Open MPI are detected without it).")
@@ -92,12 +99,16 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks)
         if writer:
             evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+            predict.save_thresholds(workdir, name, result, maps)
+            eval_logs = logs.Logs(workdir)
+            eval_logs.evaluation(name, trained.steps, {k: result[k] for k in evaluate.METRIC_KEYS})
+            eval_logs.close()
         result.update(teacher=trained.teacher, train_steps=trained.steps,
                       seconds=round(time.time() - category_start, 1))
         if mode == "export" and writer:
             folder = export.export_category(
                 os.path.join(workdir, "export", name), method, trained, config.image_size,
-                {"category": name, "threshold": float(result["image_threshold"]),
+                {"category": name, "threshold": result["image_threshold"],
                  "threshold_rule": "image F1-max on the test set", "test_metrics": {
                      k: result[k] for k in evaluate.METRIC_KEYS}})
             print(f"{name}: exported to {folder} (load with kdad_jax.deploy.load)", flush=True)
@@ -164,7 +175,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; progress has its own bar
     try:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+        if _MODE.value == "predict":
+            if not _INPUT.value or not _OUTPUT.value:
+                raise app.UsageError("--mode=predict needs --input and --output")
+            predict.run(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value, _THRESHOLD.value,
+                        _SAVE_MAPS.value)
+        else:
+            run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,6 @@ save the final state. A rerun with the same workdir resumes from the latest chec
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -21,6 +20,7 @@ from absl import logging
 from tqdm import tqdm
 
 from kdad_jax import checkpoint, parallel
+from kdad_jax import logs as logs_module
 from kdad_jax.data import penalty as penalty_data
 from kdad_jax.data import pipeline
 from kdad_jax.errors import UserError
@@ -117,13 +117,6 @@ def checkpoint_dir(workdir: str, category: str) -> str:
     return os.path.join(workdir, "checkpoints", category)
 
 
-def _log_metrics(path, category, step, metrics, lr, elapsed):
-    record = {"category": category, "step": step, "lr": lr, "seconds": round(elapsed, 3)}
-    record.update({k: float(v) for k, v in metrics.items()})
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr, mesh):
     penalty = None  # pretraining images only for methods that penalize them (EfficientAD)
     if "penalty" in config:
@@ -145,7 +138,7 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
     total = config.train.steps
     writer = parallel.is_writer()
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    logs = logs_module.Logs(workdir) if writer else None
     start = time.time()
     bar = tqdm(total=total, initial=int(state.step), desc=name, unit="step", dynamic_ncols=True,
                disable=not writer)
@@ -160,8 +153,7 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
                     raise FloatingPointError(f"{name}: loss is {metrics['loss']} at step {step}; "
                                              f"the last good checkpoint is kept in {mngr.directory}")
                 if writer:
-                    _log_metrics(metrics_path, name, step, metrics, float(schedule_lr(step - 1)),
-                                 time.time() - start)
+                    logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             bar.update(1)
             preempted = preemption.reached(step)
@@ -169,8 +161,12 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
                 checkpoint.save_state(mngr, state, stats)
             if preempted and step < total:
                 bar.close()
+                if logs:
+                    logs.close()
                 raise parallel.Preempted(step, mngr.directory)
     bar.close()
+    if logs:
+        logs.close()
     return state
 
 
@@ -219,4 +215,22 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
         if not resume_only:
             checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
+    return Trained(params, model_state, frozen, stats, teacher, int(state.step))
+
+
+def load_trained(config, workdir: str, category: str, method: Method) -> Trained:
+    """The latest calibrated checkpoint of ``category``, without any training data (predict)."""
+    rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
+    mesh = parallel.make_mesh()
+    frozen, teacher = method.load_frozen(rng_teacher)
+    mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
+    restored = restore(mngr, method, make_optimizer(config), frozen, rng_init, mesh)
+    mngr.close()
+    if restored is None:
+        raise UserError(f"{mngr.directory}: no checkpoint; train first")
+    state, stats = restored
+    if not is_calibrated(stats):
+        raise UserError(f"{mngr.directory}: the checkpoint's maps are not calibrated; finish "
+                        f"training or run --mode=eval first")
+    params, model_state = parallel.to_host((state.params, state.model_state))
     return Trained(params, model_state, frozen, stats, teacher, int(state.step))

@@ -33,6 +33,8 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     assert os.listdir(os.path.join(workdir, "heatmaps", "widget"))
     logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in logged] == [1, 2, 3]
+    _check_tensorboard_events(os.path.join(workdir, "tensorboard"), [r["loss"] for r in logged],
+                              results["per_category"]["widget"]["image_auroc"])
 
     # A rerun with more steps resumes from step 3 instead of starting over.
     config.train.steps = 5
@@ -45,6 +47,20 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     again = kdad_main.run(config, workdir, mode="eval")
     assert again["image_auroc"] == pytest.approx(results["image_auroc"])
     assert again["pixel_auroc"] == pytest.approx(results["pixel_auroc"], abs=1e-6)
+
+
+def _check_tensorboard_events(folder, losses, image_auroc):
+    """TensorBoard's own reader loads the event files: losses per step, then the eval metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(folder)
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"widget/loss", "widget/learning_rate", "widget/eval/image_auroc", "widget/eval/au_pro"} <= set(scalars)
+    loss = events.Scalars("widget/loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx(losses, rel=1e-6)
+    assert events.Scalars("widget/eval/image_auroc")[-1].value == pytest.approx(image_auroc, rel=1e-6)
 
 
 def test_bad_root_is_one_clear_line(tmp_path):
