@@ -22,8 +22,7 @@ import numpy as np
 from jax import export as jax_export
 
 from kdad_jax import parallel
-
-FUNCTION_FILE, WEIGHTS_FILE, META_FILE = "model.jax_export", "weights.msgpack", "meta.json"
+from kdad_jax.deploy import FUNCTION_FILE, META_FILE, WEIGHTS_FILE  # the reader owns the layout
 
 
 def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None) -> str:

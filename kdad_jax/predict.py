@@ -16,7 +16,7 @@ import os
 from typing import List, Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
 from kdad_jax import evaluate, train, visualize
@@ -76,13 +76,7 @@ def _panel(image: np.ndarray, amap: np.ndarray, color_range, pixel_threshold, ti
     heat = visualize.overlay(image, amap, *color_range)
     if pixel_threshold is not None:
         heat[_contour(amap >= pixel_threshold)] = (255, 255, 255)
-    panel = Image.fromarray(np.concatenate([image, heat], axis=1))
-    scale = max(1, -(-visualize.MIN_SIDE // image.shape[0]))
-    panel = panel.resize((panel.width * scale, panel.height * scale), Image.NEAREST)
-    canvas = Image.new("RGB", (panel.width, panel.height + 16), (255, 255, 255))
-    canvas.paste(panel, (0, 16))
-    ImageDraw.Draw(canvas).text((2, 2), title, fill=(0, 0, 0))
-    return canvas
+    return visualize.captioned([image, heat], title)
 
 
 def run(config, workdir: str, inputs: str, output: str, threshold: Optional[float] = None,

@@ -27,13 +27,19 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha
 
 def save_panel(path: str, image, amap, mask, vmin, vmax, title: str) -> None:
     """One PNG: input, overlay, ground-truth mask (white), with a caption."""
-    h = image.shape[0]
     gt = np.repeat((np.asarray(mask, np.uint8) * 255)[..., None], 3, axis=-1)
-    panel = Image.fromarray(np.concatenate([image, overlay(image, amap, vmin, vmax), gt], axis=1))
-    scale = max(1, -(-MIN_SIDE // h))  # small training sizes are enlarged to stay readable
+    canvas = captioned([image, overlay(image, amap, vmin, vmax), gt], title)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.save(path)
+
+
+def captioned(columns, title: str) -> Image.Image:
+    """[H, W, 3] uint8 pictures side by side, enlarged (nearest) to at least ``MIN_SIDE`` high,
+    under a one-line caption."""
+    panel = Image.fromarray(np.concatenate(columns, axis=1))
+    scale = max(1, -(-MIN_SIDE // panel.height))  # small training sizes are enlarged to stay readable
     panel = panel.resize((panel.width * scale, panel.height * scale), Image.NEAREST)
     canvas = Image.new("RGB", (panel.width, panel.height + 16), (255, 255, 255))
     canvas.paste(panel, (0, 16))
     ImageDraw.Draw(canvas).text((2, 2), title, fill=(0, 0, 0))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    canvas.save(path)
+    return canvas
