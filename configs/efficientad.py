@@ -24,7 +24,7 @@ def _base():
 
     c.model = ml_collections.ConfigDict()
     c.model.size = "s"            # s | m
-    c.model.out_channels = 384
+    c.model.out_channels = 384    # teacher feature channels (the student has twice as many)
     c.model.padded = False        # reference implementations train and infer without padding
 
     c.teacher = ml_collections.ConfigDict()
@@ -34,17 +34,18 @@ def _base():
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
+    c.data.format = "mvtec"       # folder layout: mvtec (also users' own folders) | visa | loco
     c.data.category = "all"       # one name, a comma-separated list, or 'all'
     c.data.validation_fraction = 0.1  # held out of train/good for map quantiles
     c.data.num_threads = 2        # grain read threads
 
     c.penalty = ml_collections.ConfigDict()
     c.penalty.root = ""           # folder of pretraining (ImageNet) images; '' = scikit-image photos
-    c.penalty.grayscale_prob = 0.3
+    c.penalty.grayscale_prob = 0.3  # random grayscale of the penalty images (paper)
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.hard_quantile = 0.999
-    c.loss.penalty_weight = 1.0
+    c.loss.hard_quantile = 0.999  # hard-feature loss: mean of the squared errors above this quantile
+    c.loss.penalty_weight = 1.0   # weight of the student-output penalty on pretraining images
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 70_000
@@ -60,6 +61,8 @@ def _base():
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8
     c.eval.num_heatmaps = 8       # overlay PNGs per category
+    c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
+    c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
     return c
 
 

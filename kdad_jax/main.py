@@ -14,8 +14,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from kdad_jax import (backbones, describe, evaluate, export, logs, parallel, predict, pretrain,
-                      teachers, train)
-from kdad_jax.data import embedded, mvtec
+                      report, teachers, train)
+from kdad_jax.data import dataset, embedded
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
 
@@ -61,6 +61,37 @@ def _teacher_digests(teachers):
     return digests[0] if len(digests) == 1 else digests
 
 
+def evaluate_category(config, workdir: str, method, data, trained, writer: bool) -> dict:
+    """Test maps -> metrics (undefined ones null with the reason), decision thresholds; process 0
+    also writes heat maps, curve plots, ``thresholds.json`` and TensorBoard scalars."""
+    maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                 trained.stats, data.test, config.eval.batch_size)
+    result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
+                                      data.test_defects)
+
+    def validation_scores():
+        val_maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                         trained.stats, trained.validation, config.eval.batch_size)
+        return val_maps.reshape(len(val_maps), -1).max(axis=1)
+
+    result["thresholds"] = evaluate.decision_thresholds(result, validation_scores,
+                                                        config.eval.threshold_percentile)
+    if not writer:
+        return result
+    for line in report.unavailable_lines(data.name, result):
+        print(f"note: {line}", flush=True)
+    evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+    if config.eval.plots:
+        report.plot_curves(os.path.join(workdir, "plots", f"{data.name}.png"), data.name, maps,
+                           data.test_labels, data.test_masks, result)
+    predict.save_thresholds(workdir, data.name, result["thresholds"], maps, trained.steps)
+    eval_logs = logs.Logs(workdir)
+    eval_logs.evaluation(data.name, trained.steps,
+                         {k: result[k] for k in evaluate.METRIC_KEYS if result[k] is not None})
+    eval_logs.close()
+    return result
+
+
 def run(config, workdir: str, mode: str = "train") -> dict:
     """Train and/or evaluate every configured category; writes ``<workdir>/results.json``.
 
@@ -75,50 +106,46 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     if writer:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
-    root, dataset = resolve_dataset(config, workdir)
+    root, dataset_name = resolve_dataset(config, workdir)
     builtin = teachers.builtin_name(config.teacher.checkpoint)
     if builtin and writer:
         made = teachers.record(builtin)
         print(f"teacher: built-in {builtin} (distilled here from {made['backbone'].split(' ')[0]}, "
               f"{made['steps']} steps; see kdad_jax/teachers/{builtin}.json)", flush=True)
-    categories = mvtec.list_categories(root, config.data.category)
+    categories = dataset.list_categories(config.data.format, root, config.data.category)
     method = get_method(config)
     if writer and method.info.get("teacher_choice") not in (None, "configured checkpoint"):
         print(f"teacher: {method.info['teacher_choice']}", flush=True)
     per_category = {}
     for name in categories:
         category_start = time.time()
-        data = mvtec.read_category(root, name, config.image_size)
+        data = dataset.read_category(config.data.format, root, name, config.image_size)
         if writer:
             print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
                   f"({int(data.test_labels.sum())} anomalous)", flush=True)
         trained = train.train_category(config, workdir, name, method, data.train,
-                                       resume_only=(mode in ("eval", "export")))
-        maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
-                                     trained.stats, data.test, config.eval.batch_size)
-        result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks)
-        if writer:
-            evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
-            predict.save_thresholds(workdir, name, result, maps)
-            eval_logs = logs.Logs(workdir)
-            eval_logs.evaluation(name, trained.steps, {k: result[k] for k in evaluate.METRIC_KEYS})
-            eval_logs.close()
+                                       resume_only=(mode in ("eval", "export")),
+                                       validation_images=data.validation)
+        result = evaluate_category(config, workdir, method, data, trained, writer)
         result.update(teacher=trained.teacher, train_steps=trained.steps,
                       seconds=round(time.time() - category_start, 1))
+        if data.skipped:
+            result["skipped_files"] = data.skipped
         if mode == "export" and writer:
             folder = export.export_category(
                 os.path.join(workdir, "export", name), method, trained, config.image_size,
-                {"category": name, "threshold": result["image_threshold"],
-                 "threshold_rule": "image F1-max on the test set", "test_metrics": {
+                {"category": name, "threshold": result["thresholds"]["image_threshold"],
+                 "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
                      k: result[k] for k in evaluate.METRIC_KEYS}})
             print(f"{name}: exported to {folder} (load with kdad_jax.deploy.load)", flush=True)
         per_category[name] = result
-    mean = evaluate.mean_over_categories(per_category)
+    mean = report.mean_over_categories(per_category)
     teacher_files = sorted({r["teacher"] for r in per_category.values()})
     results = {
         "method": config.method,
         "model": method.info,
-        "dataset": dataset,
+        "dataset": dataset_name,
+        "data_format": config.data.format,
         "data_root": root,
         "categories": categories,
         "teacher": teacher_files[0] if len(teacher_files) == 1 else teacher_files,
@@ -135,9 +162,11 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         return results
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    print(evaluate.format_table(per_category, mean))
-    print(f"teacher: {results['teacher']}; results: {os.path.join(workdir, 'results.json')}; "
-          f"{results['seconds']:.0f} s")
+    tables = report.write_tables(workdir, per_category, mean,
+                                 f"{config.method} on {dataset_name} ({config.image_size}² images)")
+    print(report.format_table(per_category, mean))
+    print(f"teacher: {results['teacher']}; results: {os.path.join(workdir, 'results.json')}, "
+          f"{', '.join(os.path.basename(t) for t in tables)}; {results['seconds']:.0f} s")
     return results
 
 

@@ -35,13 +35,20 @@ def _binary_counts(scores, labels):
     return _descending_cumulative(scores, labels.astype(np.float64), (~labels).astype(np.float64))
 
 
-def auroc(scores, labels) -> Optional[float]:
+def roc_curve(scores, labels) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(fpr, tpr) at every distinct threshold, from (0, 0) to (1, 1); None for one class."""
     counts = _binary_counts(scores, labels)
     if counts is None:
         return None
     fps, tps, _ = counts
-    fpr = np.r_[0.0, fps / fps[-1]]
-    tpr = np.r_[0.0, tps / tps[-1]]
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def auroc(scores, labels) -> Optional[float]:
+    curve = roc_curve(scores, labels)
+    if curve is None:
+        return None
+    fpr, tpr = curve
     return float(np.trapezoid(tpr, fpr))
 
 

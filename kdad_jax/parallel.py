@@ -26,6 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from kdad_jax import errors
 from kdad_jax.errors import UserError
 
 DATA, MODEL = "data", "model"
@@ -59,6 +60,8 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
     else:
         jax.distributed.initialize()
+    # errors.warn (also in data-loading worker processes) prints only where this is "0".
+    os.environ[errors.PROCESS_INDEX_ENV] = str(jax.process_index())
     return True
 
 

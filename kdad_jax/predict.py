@@ -26,17 +26,14 @@ from kdad_jax.errors import UserError
 THRESHOLDS_FILE = "thresholds.json"
 
 
-def save_thresholds(workdir: str, category: str, result: dict, maps: np.ndarray) -> None:
-    """Record, per category, what predict needs from evaluation (merged into one JSON file)."""
+def save_thresholds(workdir: str, category: str, thresholds: dict, maps: np.ndarray,
+                    train_steps: int) -> None:
+    """Record, per category, what predict needs from evaluation (merged into one JSON file):
+    ``thresholds`` from evaluate.decision_thresholds (anomalous when score >= threshold)."""
     path = os.path.join(workdir, THRESHOLDS_FILE)
     table = json.load(open(path)) if os.path.exists(path) else {}
-    table[category] = {
-        "image_threshold": result["image_threshold"],
-        "pixel_threshold": result["pixel_threshold"],
-        "rule": "F1-max on the test set (anomalous when score >= threshold)",
-        "color_range": evaluate.color_range(maps),
-        "train_steps": result.get("train_steps"),
-    }
+    table[category] = {**thresholds, "color_range": evaluate.color_range(maps),
+                       "train_steps": train_steps}
     with open(path, "w") as f:
         json.dump(table, f, indent=2)
 
@@ -79,6 +76,27 @@ def _panel(image: np.ndarray, amap: np.ndarray, color_range, pixel_threshold, ti
     return visualize.captioned([image, heat], title)
 
 
+def _write_outputs(output, paths, images, maps, threshold, color_range, pixel_threshold,
+                   save_maps) -> List[dict]:
+    """Overlay PNG (and .npy map) per image; returns the scores.csv rows."""
+    rows = []
+    for path, image, amap in zip(paths, images, maps):
+        score = float(amap.max())
+        flag = None if threshold is None else bool(score >= threshold)
+        name = os.path.splitext(os.path.relpath(path, os.path.commonpath(paths) if len(paths) > 1
+                                                else os.path.dirname(path)))[0].replace(os.sep, "__")
+        verdict = "" if flag is None else ("ANOMALOUS" if flag else "good")
+        _panel(image, amap, color_range, pixel_threshold,
+               f"{os.path.basename(path)}  score {score:.3f}  {verdict}").save(
+            os.path.join(output, f"{name}.png"))
+        if save_maps:
+            os.makedirs(os.path.join(output, "maps"), exist_ok=True)
+            np.save(os.path.join(output, "maps", f"{name}.npy"), amap)
+        rows.append({"path": path, "score": score, "is_anomalous": "" if flag is None else int(flag),
+                     "error": ""})
+    return rows
+
+
 def run(config, workdir: str, inputs: str, output: str, threshold: Optional[float] = None,
         save_maps: bool = False) -> List[dict]:
     from kdad_jax.methods import get_method
@@ -90,30 +108,24 @@ def run(config, workdir: str, inputs: str, output: str, threshold: Optional[floa
     if os.path.exists(os.path.join(workdir, THRESHOLDS_FILE)):
         saved = json.load(open(os.path.join(workdir, THRESHOLDS_FILE))).get(category, {})
     threshold = saved.get("image_threshold") if threshold is None else threshold
-    paths = list_inputs(inputs)
-    images = np.stack([image_io.load_rgb(p, config.image_size) for p in paths])
-    maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
-                                 trained.stats, images, config.eval.batch_size)
-    color_range = saved.get("color_range") or evaluate.color_range(maps)
+    skipped, requested = [], list_inputs(inputs)
+    images, paths = image_io.read_images(requested, config.image_size, skipped)
+    unread = [p for p in requested if p not in set(paths)]  # in order, one per ``skipped`` message
+    rows = [{"path": p, "score": "", "is_anomalous": "", "error": message[len(p) + 2:]}
+            for p, message in zip(unread, skipped)]  # unreadable files: a row that says why
     os.makedirs(output, exist_ok=True)
-    rows = []
-    for path, image, amap in zip(paths, images, maps):
-        score = float(amap.max())
-        flag = None if threshold is None else bool(score >= threshold)
-        name = os.path.splitext(os.path.relpath(path, os.path.commonpath(paths) if len(paths) > 1
-                                                else os.path.dirname(path)))[0].replace(os.sep, "__")
-        verdict = "" if flag is None else ("ANOMALOUS" if flag else "good")
-        _panel(image, amap, color_range, saved.get("pixel_threshold"),
-               f"{os.path.basename(path)}  score {score:.3f}  {verdict}").save(
-            os.path.join(output, f"{name}.png"))
-        if save_maps:
-            os.makedirs(os.path.join(output, "maps"), exist_ok=True)
-            np.save(os.path.join(output, "maps", f"{name}.npy"), amap)
-        rows.append({"path": path, "score": score, "is_anomalous": "" if flag is None else int(flag)})
+    if images is not None:
+        maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                     trained.stats, images, config.eval.batch_size)
+        color_range = saved.get("color_range") or evaluate.color_range(maps)
+        rows += _write_outputs(output, paths, images, maps, threshold, color_range,
+                               saved.get("pixel_threshold"), save_maps)
     with open(os.path.join(output, "scores.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "score", "is_anomalous"])
+        writer = csv.DictWriter(f, fieldnames=["path", "score", "is_anomalous", "error"])
         writer.writeheader()
         writer.writerows(rows)
     note = f"threshold {threshold:.4g}" if threshold is not None else "no threshold (evaluate first or pass --threshold)"
-    print(f"{category}: scored {len(rows)} images ({note}); {os.path.join(output, 'scores.csv')}", flush=True)
+    unreadable = f", {len(skipped)} unreadable (see the error column)" if skipped else ""
+    print(f"{category}: scored {len(rows) - len(skipped)} images{unreadable} ({note}); "
+          f"{os.path.join(output, 'scores.csv')}", flush=True)
     return rows

@@ -23,7 +23,7 @@ from kdad_jax import checkpoint, parallel
 from kdad_jax import logs as logs_module
 from kdad_jax.data import penalty as penalty_data
 from kdad_jax.data import pipeline
-from kdad_jax.errors import UserError
+from kdad_jax.errors import TrainingDiverged, UserError
 from kdad_jax.methods.base import Method
 
 
@@ -50,6 +50,7 @@ class Trained:
     stats: dict
     teacher: str
     steps: int
+    validation: Any = None  # [V, H, W, 3] uint8 validation images (None when loaded for predict)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -129,7 +130,9 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     """The loop every training job shares: jitted steps over ``batches`` (this process's slices,
     starting at ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
     ``config.train.log_every`` steps, checkpoints every ``config.train.checkpoint_every`` and on
-    a preemption notice (SIGTERM: save, then raise ``parallel.Preempted``).
+    a preemption notice (SIGTERM: save, then raise ``parallel.Preempted``). The loss is checked
+    at every logged step and the weights before every save and at the end: NaN or Inf raises
+    ``TrainingDiverged`` and nothing is saved after it (host syncs only at those steps).
 
     Returns the state replicated on ``mesh``."""
     step_fn = make_train_step(method, tx, mesh)
@@ -142,39 +145,73 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     start = time.time()
     bar = tqdm(total=total, initial=int(state.step), desc=name, unit="step", dynamic_ncols=True,
                disable=not writer)
-    with parallel.Preemption() as preemption:
-        for local_batch in batches:
-            batch = parallel.shard_batch(local_batch, mesh)
-            state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, batch, rng)
-            step = int(state.step)
-            if step % config.train.log_every == 0 or step == total:
-                metrics = parallel.to_host(metrics)
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"{name}: loss is {metrics['loss']} at step {step}; "
-                                             f"the last good checkpoint is kept in {mngr.directory}")
-                if writer:
-                    logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            bar.update(1)
-            preempted = preemption.reached(step)
-            if step < total and (step % config.train.checkpoint_every == 0 or preempted):
-                checkpoint.save_state(mngr, state, stats)
-            if preempted and step < total:
-                bar.close()
-                if logs:
-                    logs.close()
-                raise parallel.Preempted(step, mngr.directory)
-    bar.close()
-    if logs:
-        logs.close()
+    all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
+        [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)])))
+    last_checked = int(state.step)
+    try:
+        with parallel.Preemption() as preemption:
+            for local_batch in batches:
+                batch = parallel.shard_batch(local_batch, mesh)
+                state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, batch, rng)
+                step = int(state.step)
+                preempted = preemption.reached(step)
+                saves = step < total and (step % config.train.checkpoint_every == 0 or preempted)
+                if step % config.train.log_every == 0 or step == total or saves:
+                    metrics = parallel.to_host(metrics)
+                    _stop_if_diverged(metrics["loss"], step, last_checked, name, mngr)
+                    last_checked = step
+                    if writer and (step % config.train.log_every == 0 or step == total):
+                        logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                bar.update(1)
+                if saves:
+                    if not bool(parallel.to_host(all_finite(state.params))):
+                        _stop_if_diverged(float("nan"), step, last_checked, name, mngr, "the weights")
+                    checkpoint.save_state(mngr, state, stats)
+                if preempted and step < total:
+                    raise parallel.Preempted(step, mngr.directory)
+        if not bool(parallel.to_host(all_finite(state.params))):
+            _stop_if_diverged(float("nan"), int(state.step), last_checked, name, mngr, "the weights")
+    finally:
+        bar.close()
+        if logs:
+            logs.close()
     return state
 
 
+def _stop_if_diverged(loss: float, step: int, last_checked: int, name: str, mngr,
+                      what: str = "the loss") -> None:
+    """Raise TrainingDiverged (one line: where, and the checkpoint that is kept) on NaN/Inf."""
+    if np.isfinite(loss):
+        return
+    kept = mngr.latest_step()
+    where = f"at step {step}" if step - last_checked <= 1 else f"between steps {last_checked} and {step}"
+    saved = (f"the last good checkpoint (step {kept}) is kept in {mngr.directory}; rerun to resume "
+             f"from it" if kept is not None else "no checkpoint had been saved yet")
+    raise TrainingDiverged(f"{name}: {what} became {'NaN or Inf' if what != 'the loss' else loss} "
+                           f"{where}; training stopped and nothing was saved after it. {saved} "
+                           f"(lower config.train.learning_rate or check the input images)")
+
+
+def fit_and_validation(config, train_images: np.ndarray, validation_images=None):
+    """(images to fit [N, H, W, 3], validation images [V, H, W, 3]): the dataset's own validation
+    split when it has one (LOCO), else ``config.data.validation_fraction`` held out of train."""
+    if validation_images is not None:
+        return train_images, validation_images
+    if len(train_images) < 2:
+        raise UserError(f"{len(train_images)} readable training image(s): at least 2 are needed, "
+                        f"one of them held out for validation")
+    fit_idx, val_idx = pipeline.split_train_validation(
+        len(train_images), config.data.validation_fraction, config.seed)
+    return train_images[fit_idx], train_images[val_idx]
+
+
 def train_category(config, workdir: str, category: str, method: Method, train_images: np.ndarray,
-                   resume_only: bool = False) -> Trained:
+                   resume_only: bool = False, validation_images=None) -> Trained:
     """Train (or resume, or just load when finished) one category. train_images: [N, H, W, 3] uint8.
 
     ``resume_only``: do not train; load the latest checkpoint (for --mode=eval).
+    ``validation_images``: the dataset's own validation split, if any (see fit_and_validation).
     """
     rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
     mesh = parallel.make_mesh()
@@ -184,9 +221,8 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
         logging.warning("%s: no teacher checkpoint given (config.teacher.checkpoint): using a FROZEN "
                         "RANDOMLY-INITIALIZED teacher; results will be weaker than with a pretrained one",
                         category)
-    fit_idx, val_idx = pipeline.split_train_validation(
-        len(train_images), config.data.validation_fraction, config.seed)
-    config = with_total_steps(config, len(fit_idx))
+    fit_images, validation_images = fit_and_validation(config, train_images, validation_images)
+    config = with_total_steps(config, len(fit_images))
     tx = make_optimizer(config)
     mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
     restored = restore(mngr, method, tx, frozen, rng_init, mesh)
@@ -194,8 +230,7 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
         if resume_only:
             raise UserError(f"{mngr.directory}: no checkpoint to evaluate; train first")
         state = initial_state(method, tx, frozen, rng_init)
-        stats = method.prepare_stats(frozen, pipeline.image_batches(
-            train_images[fit_idx], config.eval.batch_size))
+        stats = method.prepare_stats(frozen, pipeline.image_batches(fit_images, config.eval.batch_size))
     else:
         state, stats = restored
         if parallel.is_writer():
@@ -203,19 +238,18 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
 
     trains = int(state.step) < config.train.steps and not resume_only
     if trains:
-        state = _fit(config, workdir, category, method, tx, state, frozen, stats,
-                     train_images[fit_idx], mngr, mesh)
+        state = _fit(config, workdir, category, method, tx, state, frozen, stats, fit_images, mngr, mesh)
     # Evaluation and calibration run on each process's own devices with host copies.
     params, model_state = parallel.to_host((state.params, state.model_state))
     # Calibration belongs to the final params: redo it after any training (a checkpoint may carry
     # quantiles of an earlier, shorter run) and on eval. Held-out *training* images only.
     if trains or resume_only or not is_calibrated(stats):
         stats = method.fit_stats(params, model_state, frozen, stats, pipeline.image_batches(
-            train_images[val_idx], config.eval.batch_size))
+            validation_images, config.eval.batch_size))
         if not resume_only:
             checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
-    return Trained(params, model_state, frozen, stats, teacher, int(state.step))
+    return Trained(params, model_state, frozen, stats, teacher, int(state.step), validation_images)
 
 
 def load_trained(config, workdir: str, category: str, method: Method) -> Trained:

@@ -1,6 +1,7 @@
 """--mode=export + kdad_jax.deploy: the exported maps equal the in-process maps."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from kdad_jax import evaluate, train
 from kdad_jax import main as kdad_main
-from kdad_jax.data import mvtec
+from kdad_jax.data import dataset
 from kdad_jax.methods import get_method
 from tests.conftest import PROJECT
 from tests.test_efficientad import efficientad_config
@@ -37,7 +38,7 @@ def test_exported_detector_matches_in_process_maps(tiny_tree, tmp_path):
     meta = json.load(open(folder / "meta.json"))
     assert meta["image_size"] == 64 and meta["threshold"] == results["per_category"]["widget"]["image_threshold"]
 
-    data = mvtec.read_category(tiny_tree, "widget", 64)
+    data = dataset.read_category("mvtec", tiny_tree, "widget", 64)
     method = get_method(config)
     trained = train.train_category(config, workdir, "widget", method, data.train, resume_only=True)
     expected = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
@@ -68,14 +69,23 @@ def test_predict_writes_scores_and_overlays(tiny_tree, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     folder = f"{tiny_tree}/widget/test"
+    bad = tmp_path / "bad"  # unreadable inputs get a row with the error, not a crash
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "kdad_jax.main", *flags, "--mode=predict",
-                           f"--input={folder}", f"--output={out}", "--save_maps"], cwd=PROJECT,
+                           f"--input={folder},{bad}", f"--output={out}", "--save_maps"], cwd=PROJECT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scored 4 images, 2 unreadable (see the error column)" in proc.stdout
     rows = list(csv.DictReader(open(out / "scores.csv")))
+    errors = {os.path.basename(r["path"]): r["error"] for r in rows if r["error"]}
+    assert errors == {"empty.png": "unreadable image (empty file, 0 bytes)",
+                      "text.jpg": "unreadable image (not an image format Pillow knows)"}
+    rows = [r for r in rows if not r["error"]]
     thresholds = json.load(open(workdir / "thresholds.json"))["widget"]
-    data = mvtec.read_category(tiny_tree, "widget", 64)
+    data = dataset.read_category("mvtec", tiny_tree, "widget", 64)
     assert sorted(r["path"] for r in rows) == sorted(data.test_paths)
     for row in rows:
         assert int(row["is_anomalous"]) == (float(row["score"]) >= thresholds["image_threshold"])

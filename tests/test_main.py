@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kdad_jax import main as kdad_main
@@ -31,6 +32,7 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     assert on_disk["per_category"]["widget"]["train_steps"] == 3
     assert set(os.listdir(os.path.join(workdir, "checkpoints", "widget"))) >= {"3"}
     assert os.listdir(os.path.join(workdir, "heatmaps", "widget"))
+    _check_tables_and_plots(workdir, on_disk)
     logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in logged] == [1, 2, 3]
     _check_tensorboard_events(os.path.join(workdir, "tensorboard"), [r["loss"] for r in logged],
@@ -47,6 +49,23 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     again = kdad_main.run(config, workdir, mode="eval")
     assert again["image_auroc"] == pytest.approx(results["image_auroc"])
     assert again["pixel_auroc"] == pytest.approx(results["pixel_auroc"], abs=1e-6)
+
+
+def _check_tables_and_plots(workdir, results):
+    """results.csv holds results.json's numbers; results.md the same in %; one curve PNG per category."""
+    import csv
+
+    from PIL import Image
+    rows = {r["category"]: r for r in csv.DictReader(open(os.path.join(workdir, "results.csv")))}
+    assert set(rows) == {"widget", "mean"}
+    for key in ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max"):
+        assert float(rows["widget"][key]) == pytest.approx(results["per_category"]["widget"][key], abs=1e-6)
+        assert float(rows["mean"][key]) == pytest.approx(results[key], abs=1e-6)
+    markdown = open(os.path.join(workdir, "results.md")).read()
+    assert f"| widget | {100 * results['image_auroc']:.1f} |" in markdown
+    assert "## Image AUROC per defect type" in markdown and "| widget | square |" in markdown
+    plot = Image.open(os.path.join(workdir, "plots", "widget.png"))
+    assert plot.size == (1200, 400) and np.asarray(plot).std() > 10  # three drawn panels
 
 
 def _check_tensorboard_events(folder, losses, image_auroc):
@@ -83,6 +102,19 @@ def test_missing_category_is_one_clear_line(tiny_tree, tmp_path):
                     f"--config.data.root={tiny_tree}", "--config.data.category=gizmo")
     assert proc.returncode == 2
     assert "gizmo: category not found (available: widget)" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["efficientad.py", "efficientad.py:m", "stfpm.py", "eca_mskdad.py",
+                                  "students.py", "dskd.py", "mixed.py", "efficientad_teacher.py",
+                                  "students_teacher.py"])
+def test_every_config_key_has_help(name):
+    from kdad_jax import config_files, describe
+    path, _, arg = name.partition(":")
+    config_path = str(PROJECT / "configs" / path)
+    module = config_files.load(config_path)
+    lines = describe.describe(module.get_config(arg) if arg else module.get_config(), config_path)
+    bare = [line for line in lines.splitlines()[1:] if "  # " not in line]
+    assert not bare, f"keys without help in {name}: {bare}"
 
 
 def test_describe_prints_every_key_with_its_help():

@@ -1,31 +1,54 @@
-"""Reading image and mask files into uint8 arrays, with errors that name the file."""
+"""Reading image and mask files into uint8 arrays, with errors that name the file.
+
+Dataset folders are read leniently: an unreadable file (corrupt, truncated, empty, not an image)
+is skipped with one warning line naming it and recorded by the caller; files whose extension is
+not an image's are listed once per folder and ignored."""
 
 import os
-from typing import Callable, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kdad_jax.errors import UserError
+from kdad_jax.errors import UserError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Below this many pixels on a side an image is smaller than a 33x33 PDN patch (the largest
+# receptive field a map pixel of ours looks at is bigger still): it is upsampled, with a warning.
+SMALL_SIDE = 33
 
 
-def list_images(folder: str, recursive: bool = False):
-    """Sorted image files in ``folder`` (by extension)."""
+def _is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(folder: str, recursive: bool = False, report_others: bool = False) -> List[str]:
+    """Sorted image files in ``folder`` (by extension). ``report_others``: warn once about the
+    other files there (hidden files such as .DS_Store are ignored silently)."""
     if recursive:
         found = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
     else:
         found = [os.path.join(folder, f) for f in os.listdir(folder)]
-    return sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
+    found = [p for p in found if os.path.isfile(p)]
+    if report_others:
+        others = sorted(os.path.basename(p) for p in found
+                        if not _is_image_name(p) and not os.path.basename(p).startswith("."))
+        if others:
+            warn(f"{folder}: ignored {len(others)} non-image file(s): {', '.join(others[:3])}"
+                 f"{', ...' if len(others) > 3 else ''}")
+    return sorted(p for p in found if _is_image_name(p))
 
 
 def _open(path: str) -> Image.Image:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise UserError(f"{path}: unreadable image (empty file, 0 bytes)")
     try:
         image = Image.open(path)
         image.load()
         return image
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: unreadable image (not an image format Pillow knows)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: unreadable image ({e})") from None
 
 
@@ -50,9 +73,35 @@ def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
+def load_rgb_and_size(path: str, size: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """([size, size, 3] uint8 bilinear resize, the file's (width, height))."""
+    image = _open(path)
+    if min(image.size) < SMALL_SIDE:
+        warn(f"{path}: only {image.size[0]}x{image.size[1]} px (smaller than a {SMALL_SIDE}-px "
+             f"patch); upsampled to {size}x{size}, so its details are interpolated")
+    try:
+        return resize_rgb(image, size), image.size
+    except (OSError, ValueError) as e:  # e.g. a mode PIL cannot convert to RGB
+        raise UserError(f"{path}: unreadable image ({e})") from None
+
+
 def load_rgb(path: str, size: int) -> np.ndarray:
     """[size, size, 3] uint8, bilinear resize."""
-    return resize_rgb(_open(path), size)
+    return load_rgb_and_size(path, size)[0]
+
+
+def read_images(paths: Sequence[str], size: int, skipped: List[str]):
+    """Load ``paths`` as [N, size, size, 3] uint8, skipping unreadable files: each gets one warning
+    and a line in ``skipped``. Returns (images or None when nothing was readable, kept paths)."""
+    images, kept = [], []
+    for path in paths:
+        try:
+            images.append(load_rgb(path, size))
+            kept.append(path)
+        except UserError as e:
+            warn(f"skipped {e}")
+            skipped.append(str(e))
+    return (np.stack(images) if images else None), kept
 
 
 class FolderSource:
@@ -75,11 +124,24 @@ class FolderSource:
         return self.load(self.paths[index], self.size)
 
 
-def load_mask(path: str, size: int, expected_size: Tuple[int, int]) -> np.ndarray:
-    """[size, size] bool; nearest resize. ``expected_size`` is its image's (width, height)."""
+def mask_values(mask: Image.Image) -> np.ndarray:
+    """[H, W] numbers of a mask image: palette indices for palette images (a palette may map
+    index 1 to a dark colour), raw values for 16-bit and 32-bit ones, luminance otherwise."""
+    if mask.mode in ("P", "I", "I;16", "I;16B", "I;16L", "F", "1", "L"):
+        return np.asarray(mask)
+    return np.asarray(mask.convert("L"))
+
+
+def load_mask(path: str, size: int, expected_size: Optional[Tuple[int, int]]) -> np.ndarray:
+    """[size, size] bool, anomalous where the mask is non-zero: 0/255, 0/1 (VisA), 0/65535 and
+    LOCO's per-defect values all work. Nearest resize. ``expected_size`` is its image's
+    (width, height), checked when given."""
     mask = _open(path)
-    if mask.size != tuple(expected_size):
+    if expected_size is not None and mask.size != tuple(expected_size):
         raise UserError(f"{path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image "
                         f"({expected_size[0]}x{expected_size[1]})")
-    mask = np.asarray(mask.convert("L").resize((size, size), Image.NEAREST))
-    return mask > 0
+    values = mask_values(mask)
+    if values.ndim == 3:  # e.g. RGBA masks reach here only through convert("L") above; be safe
+        values = values.max(axis=2)
+    anomalous = Image.fromarray((values > 0).astype(np.uint8) * 255)
+    return np.asarray(anomalous.resize((size, size), Image.NEAREST)) > 0

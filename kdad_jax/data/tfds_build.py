@@ -8,7 +8,7 @@ Writes ``<out>/kdad_mvtec/<category>/1.0.0/`` (one TFDS builder config per categ
 [H, W] 0/255) plus ``label``, ``defect`` and ``path``: TFDS's ``Image`` feature would need
 TensorFlow, tensors do not, and neither writing nor reading here imports it. Every process of a
 job then reads one array_record file per split from shared storage instead of walking thousands
-of files: pass ``--config.data.root=<out>`` (the reader in data/mvtec.py recognizes the layout).
+of files: pass ``--config.data.root=<out>`` (data/dataset.py recognizes the layout).
 
 ``--image_size`` > 0 stores images already resized (bilinear; masks nearest) to cut the size of
 the dataset; 0 keeps the originals, so any ``config.image_size`` can be used later.
@@ -57,7 +57,7 @@ def _examples(category_root: str, split: str, size: int):
                 if not os.path.isfile(mask_path):
                     raise UserError(f"{mask_path}: ground-truth mask missing for {path}")
                 with Image.open(mask_path) as opened:
-                    mask = opened.convert("L")
+                    mask = Image.fromarray((image_io.mask_values(opened) > 0).astype(np.uint8) * 255)
                 if mask.size != (width, height):
                     raise UserError(f"{mask_path}: mask size {mask.size} differs from its image's")
             if size:
@@ -106,8 +106,8 @@ def _builder_class(root: str, categories: List[str], size: int):
 
 def build(root: str, out: str, categories="all", image_size: int = 0) -> List[str]:
     """Write every category of ``root`` under ``out``; returns the category names."""
-    from kdad_jax.data import mvtec
-    names = mvtec.list_categories(root, categories)
+    from kdad_jax.data import dataset
+    names = dataset.list_categories("mvtec", root, categories)
     builder = _builder_class(os.path.abspath(root), names, image_size)
     for name in names:
         builder(config=name, data_dir=out, file_format="array_record").download_and_prepare()
@@ -136,7 +136,7 @@ def _text(value) -> str:
 
 def read_category(root: str, name: str, image_size: int):
     """The same ``mvtec.Category`` the folder reader returns, from the TFDS dataset."""
-    from kdad_jax.data.mvtec import Category
+    from kdad_jax.data.dataset import Category
 
     # TFDS stores examples in hashed-key order: sort by path, as the folder reader lists them.
     train = source(root, name, "train")

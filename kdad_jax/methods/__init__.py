@@ -1,5 +1,6 @@
 """Method registry: ``config.method`` -> a factory building the method's pure functions."""
 
+from kdad_jax.errors import UserError
 from kdad_jax.methods import (dskd, efficientad, mixed, patch_teacher_pretraining, stfpm, students,
                               teacher_pretraining)
 from kdad_jax.methods.base import Method
@@ -18,5 +19,8 @@ _FACTORIES = {
 
 def get_method(config) -> Method:
     if config.method not in _FACTORIES:
-        raise ValueError(f"unknown method {config.method!r}; known: {sorted(_FACTORIES)}")
-    return _FACTORIES[config.method](config)
+        raise UserError(f"unknown method {config.method!r}; known: {sorted(_FACTORIES)}")
+    try:
+        return _FACTORIES[config.method](config)
+    except ValueError as e:  # the factories validate config values (sizes, choices) with ValueError
+        raise UserError(f"{config.method}: {e}") from None

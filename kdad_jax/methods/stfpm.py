@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from kdad_jax import backbones
 from kdad_jax.data import device_augment
+from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method, imagenet_normalize
 from kdad_jax.models import eca, efficientnet, resnet
 
@@ -160,6 +161,24 @@ class Nets:
             self.student = resnet.ResNet(arch, self.taps, self.eca_after)
         self.channels = tap_channels(arch, self.taps)
         self.image_hw = (config.image_size, config.image_size)
+        check_feature_sizes(self)
+
+
+def _tap_sides(nets, side: int) -> dict:
+    """{tap: spatial side of its features} for a [1, side, side, 3] input (shapes only)."""
+    images = jnp.zeros((1, side, side, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: nets.teacher.apply(nets.teacher.init(jax.random.key(0), images), images))
+    return {tap: shapes[tap].shape[1] for tap in nets.taps}
+
+
+def check_feature_sizes(nets) -> None:
+    """UserError when ``config.image_size`` leaves a tap without a single feature vector."""
+    empty = [tap for tap, side in _tap_sides(nets, nets.image_hw[0]).items() if side == 0]
+    if empty:
+        stride = max(256 // side for side in _tap_sides(nets, 256).values())
+        raise UserError(f"config.image_size={nets.image_hw[0]} is too small for {nets.choice.arch}: "
+                        f"tap {empty[0]} has no feature left; use at least {stride} (its deepest "
+                        f"tap's stride), better several times that")
 
 
 def dummy_images(nets):

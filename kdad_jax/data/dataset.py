@@ -1,0 +1,154 @@
+"""One category of an anomaly-detection dataset in memory, whatever the layout on disk.
+
+A layout module (``mvtec``, ``visa``, ``loco``) lists file paths; ``assemble`` reads them the same
+way for all: RGB resized to ``image_size`` (masks nearest, non-zero = anomalous, several mask
+files per image are united), unreadable files skipped with a warning and recorded in
+``Category.skipped``. ``config.data.format`` picks the layout; a TFDS dataset written by
+``data/tfds_build.py`` is recognized in the ``mvtec`` format.
+"""
+
+import dataclasses
+import os
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from kdad_jax.data import images as image_io
+from kdad_jax.errors import UserError, warn
+
+FORMATS = ("mvtec", "visa", "loco")
+
+
+class TestItem(NamedTuple):
+    path: str
+    defect: str                           # 'good' for normal images
+    mask_paths: Optional[Tuple[str, ...]]  # () for good images; None: anomalous, no ground truth
+
+
+class Layout(NamedTuple):
+    """What a layout module finds for one category (paths only, nothing read yet)."""
+
+    train: List[str]
+    test: List[TestItem]
+    validation: Optional[List[str]] = None  # the dataset's own validation split (LOCO)
+
+
+@dataclasses.dataclass
+class Category:
+    name: str
+    train: np.ndarray          # [N, S, S, 3] uint8 normal training images
+    test: np.ndarray           # [M, S, S, 3] uint8
+    test_labels: np.ndarray    # [M] int, 1 = anomalous
+    test_masks: np.ndarray     # [M, S, S] bool (all False where there is no ground truth)
+    test_paths: List[str]
+    test_defects: List[str]
+    # [V, S, S, 3] the dataset's own normal validation images; None: hold out
+    # config.data.validation_fraction of ``train`` instead.
+    validation: Optional[np.ndarray] = None
+    # [M] bool: False for anomalous images that have an image-level label only (no mask).
+    test_has_mask: Optional[np.ndarray] = None
+    skipped: List[str] = dataclasses.field(default_factory=list)  # "path: why" per skipped file
+
+    def __post_init__(self):
+        if self.test_has_mask is None:
+            self.test_has_mask = np.ones(len(self.test_labels), bool)
+
+
+def _layout_module(data_format: str):
+    from kdad_jax.data import loco, mvtec, visa  # the layouts import this module
+
+    modules = {"mvtec": mvtec, "visa": visa, "loco": loco}
+    if data_format not in modules:
+        raise UserError(f"config.data.format={data_format!r}: choose one of {', '.join(FORMATS)}")
+    return modules[data_format]
+
+
+def list_categories(data_format: str, root: str, category) -> List[str]:
+    """Resolve ``category`` ('all', 'a,b' or a list) against what ``root`` holds."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: dataset root not found")
+    available = _layout_module(data_format).categories(root)
+    if isinstance(category, str):
+        wanted = available if category == "all" else [c.strip() for c in category.split(",") if c.strip()]
+    else:
+        wanted = list(category)
+    if not wanted:
+        raise UserError(f"{root}: no categories in the {data_format} layout{_layout_hint(root, data_format)}")
+    for name in wanted:
+        if name not in available:
+            raise UserError(f"{os.path.join(root, name)}: category not found "
+                            f"(available: {', '.join(available) or 'none'}){_layout_hint(root, data_format)}")
+    return wanted
+
+
+def _layout_hint(root: str, data_format: str) -> str:
+    """'; looks like VisA: set --config.data.format=visa' when the tree says so."""
+    if data_format != "visa" and os.path.isdir(os.path.join(root, "split_csv")):
+        return "; this looks like VisA: set --config.data.format=visa"
+    subfolders = [os.path.join(root, d) for d in os.listdir(root)] if os.path.isdir(root) else []
+    if data_format != "loco" and any(os.path.isdir(os.path.join(d, "validation")) and
+                                     os.path.isdir(os.path.join(d, "test", "logical_anomalies"))
+                                     for d in subfolders):
+        return "; this looks like MVTec LOCO: set --config.data.format=loco"
+    return ""
+
+
+def read_category(data_format: str, root: str, name: str, image_size: int) -> Category:
+    from kdad_jax.data import tfds_build
+
+    if data_format == "mvtec" and tfds_build.is_tfds_root(root):
+        return tfds_build.read_category(root, name, image_size)
+    layout = _layout_module(data_format).find(root, name)
+    return assemble(name, layout, image_size)
+
+
+def _read_normal(paths: Sequence[str], size: int, skipped: List[str], what: str, folder: str):
+    images, _ = image_io.read_images(paths, size, skipped)
+    if images is None:
+        raise UserError(f"{folder}: no readable {what} images")
+    return images
+
+
+def _read_mask(item: TestItem, size: int, original_size) -> np.ndarray:
+    """[S, S] bool, the union of the item's mask files. A broken mask is an error, not a skip:
+    metrics over wrong ground truth would be wrong without anyone noticing."""
+    mask = np.zeros((size, size), bool)
+    for mask_path in item.mask_paths or ():
+        mask |= image_io.load_mask(mask_path, size, original_size)
+    return mask
+
+
+def assemble(name: str, layout: Layout, image_size: int) -> Category:
+    """Read what ``layout`` lists into a ``Category`` (see the module docstring)."""
+    skipped: List[str] = []
+    train_folder = os.path.dirname(layout.train[0]) if layout.train else name
+    train = _read_normal(layout.train, image_size, skipped, "training", train_folder)
+    validation = None
+    if layout.validation is not None:
+        validation = _read_normal(layout.validation, image_size, skipped, "validation",
+                                  os.path.dirname(layout.validation[0]) if layout.validation else name)
+    rows = []
+    for item in layout.test:
+        try:
+            image, original_size = image_io.load_rgb_and_size(item.path, image_size)
+        except UserError as e:
+            warn(f"skipped {e}")
+            skipped.append(str(e))
+            continue
+        rows.append((item, image, _read_mask(item, image_size, original_size)))
+    if not rows:
+        raise UserError(f"{name}: no readable test images")
+    items, images, masks = zip(*rows)
+    _warn_unlabelled(name, items)
+    return Category(name, train, np.stack(images), np.array([int(i.defect != "good") for i in items]),
+                    np.stack(masks), [i.path for i in items], [i.defect for i in items],
+                    validation=validation, skipped=skipped,
+                    test_has_mask=np.array([i.mask_paths is not None for i in items]))
+
+
+def _warn_unlabelled(name: str, items: Sequence[TestItem]) -> None:
+    without = sorted({i.defect for i in items if i.mask_paths is None})
+    if without:
+        count = sum(i.mask_paths is None for i in items)
+        warn(f"{name}: {count} anomalous test image(s) have no ground-truth mask ({', '.join(without)}): "
+             f"image metrics only, pixel metrics will be null")
