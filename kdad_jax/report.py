@@ -129,7 +129,7 @@ def plot_curves(path: str, name: str, maps: np.ndarray, labels: np.ndarray, mask
         axis.plot(fpr, tpr, lw=1.5)
         if key != "au_pro":
             axis.plot([0, 1], [0, 1], ls=":", c="gray", lw=1)
-        axis.set_title(f"{title} ({TITLES[key]} {result[key]:.4f})")
+        axis.set_title(f"{TITLES[key]} = {result[key]:.4f}")
         axis.grid(alpha=0.3)
     figure.suptitle(name)
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -189,7 +189,7 @@ def _stop_if_diverged(loss: float, step: int, last_checked: int, name: str, mngr
     saved = (f"the last good checkpoint (step {kept}) is kept in {mngr.directory}; rerun to resume "
              f"from it" if kept is not None else "no checkpoint had been saved yet")
     raise TrainingDiverged(f"{name}: {what} became {'NaN or Inf' if what != 'the loss' else loss} "
-                           f"{where}; training stopped and nothing was saved after it. {saved} "
+                           f"{where}; training stopped, nothing saved after it; {saved} "
                            f"(lower config.train.learning_rate or check the input images)")
 
 

@@ -123,8 +123,6 @@ def test_tfds_array_record_dataset_reads_back_as_the_folder(tiny_tree, tmp_path)
     """tfds_build writes an MVTec tree as array_record (no TensorFlow); reading it gives the
     same arrays, labels, masks and order as reading the folders."""
     optional_module("tensorflow_datasets", "tfds")
-    from kdad_jax.data import tfds_build
-
     out = str(tmp_path / "tfds")
     proc = subprocess.run([sys.executable, "-m", "kdad_jax.data.tfds_build", f"--root={tiny_tree}",
                            f"--out={out}"], cwd=PROJECT, capture_output=True, text=True, timeout=300)

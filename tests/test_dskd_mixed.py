@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kdad_jax import main as kdad_main
+from kdad_jax.errors import UserError
 from kdad_jax.methods import dskd, get_method, mixed, stfpm
 from kdad_jax.models.dual_student import resize_to
 from tests.conftest import PROJECT
@@ -102,7 +103,7 @@ def test_mixed_pairs_parse_and_reject():
         mixed.parse_pairs("2-2", 3)
     config = _random_config(dskd_config)
     config.loss.augmented_pair = True
-    with pytest.raises(ValueError, match="ECA-MSKDAD"):
+    with pytest.raises(UserError, match="ECA-MSKDAD"):
         get_method(config)
 
 

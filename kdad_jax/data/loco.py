@@ -13,7 +13,7 @@ from typing import List
 
 from kdad_jax.data import images as image_io
 from kdad_jax.data import mvtec
-from kdad_jax.data.dataset import Layout, TestItem
+from kdad_jax.data.dataset import Layout
 from kdad_jax.errors import UserError
 
 ANOMALY_TYPES = ("logical_anomalies", "structural_anomalies")
@@ -38,19 +38,7 @@ def _mask_paths(category_root: str, defect: str, image_path: str):
 
 def find(root: str, name: str) -> Layout:
     category_root = os.path.join(root, name)
-    test_root = os.path.join(category_root, "test")
-    if not os.path.isdir(test_root):
-        raise UserError(f"{test_root}: no test folder")
-    items = []
-    for defect in sorted(os.listdir(test_root)):
-        folder = os.path.join(test_root, defect)
-        if not os.path.isdir(folder):
-            continue
-        for path in image_io.list_images(folder, report_others=True):
-            masks = () if defect == "good" else _mask_paths(category_root, defect, path)
-            items.append(TestItem(path, defect, masks))
-    if not items:
-        raise UserError(f"{test_root}: no test images")
-    return Layout(mvtec.normal_images(os.path.join(category_root, "train", "good"), "training"), items,
+    return Layout(mvtec.normal_images(os.path.join(category_root, "train", "good"), "training"),
+                  mvtec.test_items(category_root, _mask_paths),
                   validation=mvtec.normal_images(os.path.join(category_root, "validation", "good"),
                                                  "validation"))

@@ -7,7 +7,7 @@ metrics, and the pixel metrics are reported as null with the reason.
 """
 
 import os
-from typing import List
+from typing import Callable, List
 
 from kdad_jax.data import images as image_io
 from kdad_jax.data import tfds_build
@@ -40,7 +40,9 @@ def _mask_paths(category_root: str, defect: str, image_path: str):
     return (mask_path,)
 
 
-def test_items(category_root: str) -> List[TestItem]:
+def test_items(category_root: str, mask_paths: Callable = _mask_paths) -> List[TestItem]:
+    """``test/<defect>/*`` with ``mask_paths(category_root, defect, image_path)`` for anomalous ones
+    (a tuple of mask files, or None for image-level labels only); LOCO passes its own."""
     test_root = os.path.join(category_root, "test")
     if not os.path.isdir(test_root):
         raise UserError(f"{test_root}: no test folder")
@@ -50,7 +52,7 @@ def test_items(category_root: str) -> List[TestItem]:
         if not os.path.isdir(folder):
             continue
         for path in image_io.list_images(folder, report_others=True):
-            masks = () if defect == "good" else _mask_paths(category_root, defect, path)
+            masks = () if defect == "good" else mask_paths(category_root, defect, path)
             items.append(TestItem(path, defect, masks))
     if not items:
         raise UserError(f"{test_root}: no test images")

@@ -23,4 +23,4 @@ def get_method(config) -> Method:
     try:
         return _FACTORIES[config.method](config)
     except ValueError as e:  # the factories validate config values (sizes, choices) with ValueError
-        raise UserError(f"{config.method}: {e}") from None
+        raise UserError(str(e)) from None
