@@ -3,7 +3,9 @@
 What each prints (asserted below):
 - corrupt / truncated / zero-byte image files: ``warning: skipped PATH: unreadable image (image
   file is truncated)`` (``(empty file, 0 bytes)``, ``(not an image format Pillow knows)``),
-  recorded in results.json ``skipped_files``; predict gives the file a scores.csv row with the error;
+  recorded in results.json ``skipped_files``; predict gives the file a scores.csv row with the
+  error; in lazily read penalty/pretraining folders the next file stands in (``...; using the
+  next file instead``);
 - non-image files in image folders: ``warning: FOLDER: ignored N non-image file(s): a.txt``;
 - images smaller than a 33-px patch: ``warning: PATH: only 8x8 px ...; upsampled to 64x64``;
 - anomalous test images without ``ground_truth/<defect>/``: ``warning: ...: image metrics only``,
@@ -65,6 +67,16 @@ def test_unreadable_and_non_image_files_are_skipped_with_one_line_each(tmp_path,
         assert sum(line.startswith("warning: skipped ") and name in line for line in err) == 2
     assert sum("ignored 1 non-image file(s): notes.txt" in line for line in err) == 2
     assert not any(".DS_Store" in line for line in err)
+
+
+def test_unreadable_file_in_a_lazily_read_folder_is_replaced_by_the_next(tmp_path, capsys):
+    """Penalty/pretraining folders are read in workers, element by element."""
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 50 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "1.png").write_bytes(b"")
+    source = image_io.FolderSource(str(tmp_path), 8, kind="penalty")
+    assert len(source) == 3 and (source[1] == 100).all() and (source[0] == 0).all()
+    assert "1.png: unreadable image (empty file, 0 bytes); using the next file instead" in capsys.readouterr().err
 
 
 def test_sixteen_bit_alpha_and_tiny_images(tmp_path, capsys):

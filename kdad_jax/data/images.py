@@ -106,7 +106,13 @@ def read_images(paths: Sequence[str], size: int, skipped: List[str]):
 
 class FolderSource:
     """Random access to the images under ``root`` (recursive), read lazily with ``load(path, size)``:
-    ImageNet-sized folders fit. ``kind`` names the folder in error messages."""
+    ImageNet-sized folders fit. ``kind`` names the folder in error messages.
+
+    Files are only opened when asked for (in data-loading workers), so an unreadable one is
+    replaced by the next readable file in order, with a warning: element i stays a pure function
+    of i and the folder's contents."""
+
+    MAX_SKIPS = 100  # consecutive unreadable files before giving up on the folder
 
     def __init__(self, root: str, size: int, load: Callable[[str, int], np.ndarray] = load_rgb,
                  kind: str = "image"):
@@ -121,7 +127,14 @@ class FolderSource:
         return len(self.paths)
 
     def __getitem__(self, index):
-        return self.load(self.paths[index], self.size)
+        for offset in range(min(self.MAX_SKIPS, len(self.paths))):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                return self.load(path, self.size)
+            except UserError as e:
+                warn(f"skipped {e}; using the next file instead")
+        raise UserError(f"{os.path.dirname(self.paths[index])}: {self.MAX_SKIPS} unreadable files in "
+                        f"a row around {self.paths[index]}")
 
 
 def mask_values(mask: Image.Image) -> np.ndarray:
