@@ -73,12 +73,11 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
         result["pixel_f1_max"], result["pixel_threshold"] = metrics.f1_max(maps, masks)
     else:
         unavailable.update(dict.fromkeys(("pixel_auroc", "au_pro", "pixel_f1_max"), pixel_reason))
-    result["image_auroc_per_defect"] = _per_defect_auroc(scores, labels, defects)
+    per_defect = _per_defect_auroc(scores, labels, defects)
+    result["image_auroc_per_defect"] = per_defect
     for kind in ("logical", "structural"):
-        defect = f"{kind}_anomalies"
-        if defects and defect in defects:
-            chosen = np.array([d in ("good", defect) for d in defects])
-            result[f"image_auroc_{kind}"] = metrics.auroc(scores[chosen], labels[chosen])
+        if f"{kind}_anomalies" in per_defect:
+            result[f"image_auroc_{kind}"] = per_defect[f"{kind}_anomalies"]
     if unavailable:
         result["unavailable"] = unavailable
     return result
@@ -88,10 +87,12 @@ def _per_defect_auroc(scores, labels, defects) -> Dict[str, Optional[float]]:
     """{defect: image AUROC of the good images vs that defect's images}."""
     if not defects or labels.all():
         return {}
-    good = labels == 0
-    return {d: metrics.auroc(scores[good | chosen], labels[good | chosen])
-            for d in sorted(set(defects) - {"good"})
-            for chosen in [np.array([x == d for x in defects])]}
+    defects = np.asarray(defects)
+    found = {}
+    for defect in sorted(set(defects) - {"good"}):
+        chosen = (labels == 0) | (defects == defect)
+        found[defect] = metrics.auroc(scores[chosen], labels[chosen])
+    return found
 
 
 def decision_thresholds(result: dict, validation_scores: Callable[[], np.ndarray],
