@@ -110,7 +110,8 @@ def run(config, workdir: str, inputs: str, output: str, threshold: Optional[floa
     threshold = saved.get("image_threshold") if threshold is None else threshold
     skipped, requested = [], list_inputs(inputs)
     images, paths = image_io.read_images(requested, config.image_size, skipped)
-    unread = [p for p in requested if p not in set(paths)]  # in order, one per ``skipped`` message
+    read = set(paths)
+    unread = [p for p in requested if p not in read]  # in order, one per ``skipped`` message
     rows = [{"path": p, "score": "", "is_anomalous": "", "error": message[len(p) + 2:]}
             for p, message in zip(unread, skipped)]  # unreadable files: a row that says why
     os.makedirs(output, exist_ok=True)

@@ -148,6 +148,11 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
         [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)])))
     last_checked = int(state.step)
+
+    def check_weights(params, step):
+        if not bool(parallel.to_host(all_finite(params))):
+            raise _diverged("the weights became NaN or Inf", step, last_checked, name, mngr)
+
     try:
         with parallel.Preemption() as preemption:
             for local_batch in batches:
@@ -156,22 +161,22 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
                 step = int(state.step)
                 preempted = preemption.reached(step)
                 saves = step < total and (step % config.train.checkpoint_every == 0 or preempted)
-                if step % config.train.log_every == 0 or step == total or saves:
+                logs_now = step % config.train.log_every == 0 or step == total
+                if logs_now or saves:
                     metrics = parallel.to_host(metrics)
-                    _stop_if_diverged(metrics["loss"], step, last_checked, name, mngr)
+                    if not np.isfinite(metrics["loss"]):
+                        raise _diverged(f"the loss became {metrics['loss']}", step, last_checked, name, mngr)
                     last_checked = step
-                    if writer and (step % config.train.log_every == 0 or step == total):
+                    if writer and logs_now:
                         logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 bar.update(1)
                 if saves:
-                    if not bool(parallel.to_host(all_finite(state.params))):
-                        _stop_if_diverged(float("nan"), step, last_checked, name, mngr, "the weights")
+                    check_weights(state.params, step)
                     checkpoint.save_state(mngr, state, stats)
                 if preempted and step < total:
                     raise parallel.Preempted(step, mngr.directory)
-        if not bool(parallel.to_host(all_finite(state.params))):
-            _stop_if_diverged(float("nan"), int(state.step), last_checked, name, mngr, "the weights")
+        check_weights(state.params, int(state.step))
     finally:
         bar.close()
         if logs:
@@ -179,18 +184,14 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     return state
 
 
-def _stop_if_diverged(loss: float, step: int, last_checked: int, name: str, mngr,
-                      what: str = "the loss") -> None:
-    """Raise TrainingDiverged (one line: where, and the checkpoint that is kept) on NaN/Inf."""
-    if np.isfinite(loss):
-        return
+def _diverged(what: str, step: int, last_checked: int, name: str, mngr) -> TrainingDiverged:
+    """One line: what became non-finite where, and which checkpoint is kept."""
     kept = mngr.latest_step()
     where = f"at step {step}" if step - last_checked <= 1 else f"between steps {last_checked} and {step}"
     saved = (f"the last good checkpoint (step {kept}) is kept in {mngr.directory}; rerun to resume "
              f"from it" if kept is not None else "no checkpoint had been saved yet")
-    raise TrainingDiverged(f"{name}: {what} became {'NaN or Inf' if what != 'the loss' else loss} "
-                           f"{where}; training stopped, nothing saved after it; {saved} "
-                           f"(lower config.train.learning_rate or check the input images)")
+    return TrainingDiverged(f"{name}: {what} {where}; training stopped, nothing saved after it; {saved} "
+                            f"(lower config.train.learning_rate or check the input images)")
 
 
 def fit_and_validation(config, train_images: np.ndarray, validation_images=None):

@@ -129,13 +129,9 @@ def assemble(name: str, layout: Layout, image_size: int) -> Category:
                                   os.path.dirname(layout.validation[0]) if layout.validation else name)
     rows = []
     for item in layout.test:
-        try:
-            image, original_size = image_io.load_rgb_and_size(item.path, image_size)
-        except UserError as e:
-            warn(f"skipped {e}")
-            skipped.append(str(e))
-            continue
-        rows.append((item, image, _read_mask(item, image_size, original_size)))
+        loaded = image_io.try_load(item.path, image_size, skipped)
+        if loaded is not None:
+            rows.append((item, loaded[0], _read_mask(item, image_size, loaded[1])))
     if not rows:
         raise UserError(f"{name}: no readable test images")
     items, images, masks = zip(*rows)

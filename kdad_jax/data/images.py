@@ -90,17 +90,25 @@ def load_rgb(path: str, size: int) -> np.ndarray:
     return load_rgb_and_size(path, size)[0]
 
 
+def try_load(path: str, size: int, skipped: List[str]):
+    """``load_rgb_and_size``, or None for an unreadable file: one warning and a line in ``skipped``."""
+    try:
+        return load_rgb_and_size(path, size)
+    except UserError as e:
+        warn(f"skipped {e}")
+        skipped.append(str(e))
+        return None
+
+
 def read_images(paths: Sequence[str], size: int, skipped: List[str]):
-    """Load ``paths`` as [N, size, size, 3] uint8, skipping unreadable files: each gets one warning
-    and a line in ``skipped``. Returns (images or None when nothing was readable, kept paths)."""
+    """Load ``paths`` as [N, size, size, 3] uint8, skipping unreadable files (see ``try_load``).
+    Returns (images or None when nothing was readable, kept paths)."""
     images, kept = [], []
     for path in paths:
-        try:
-            images.append(load_rgb(path, size))
+        loaded = try_load(path, size, skipped)
+        if loaded is not None:
+            images.append(loaded[0])
             kept.append(path)
-        except UserError as e:
-            warn(f"skipped {e}")
-            skipped.append(str(e))
     return (np.stack(images) if images else None), kept
 
 
