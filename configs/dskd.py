@@ -15,6 +15,7 @@ from kdad_jax import config_files
 
 def _dskd_defaults(c):
     c.method = "dskd"
+    c.loss.distance_weight = 0.5  # the ½ of DESIGN.md's 0.5·‖t̂ − ŝ‖² (no authors' code to follow)
     c.train.learning_rate = 0.1
     c.map.combine = "sum"         # the two students' discrepancies add up per tap; taps add up
     c.dskd = ml_collections.ConfigDict()

@@ -17,6 +17,7 @@ from kdad_jax import config_files
 def _eca_mskdad_defaults(c):
     c.method = "eca_mskdad"
     c.student.eca = True
+    c.loss.distance_weight = 0.5  # the paper's 0.5·‖t̂ − ŝ‖² (no public code says otherwise)
     c.loss.cosine_weight = 1.0    # λ (ours: the paper's value is not given; 1 weighs both terms equally)
     c.loss.augmented_pair = True
     c.loss.relative_distance = True

@@ -21,6 +21,7 @@ def _base():
     c.method = "efficientad"
     c.seed = 0
     c.image_size = 256
+    c.cpu_preset = "configs/efficientad.py:cpu"  # suggested when a run would take hours on a CPU
 
     c.model = ml_collections.ConfigDict()
     c.model.size = "s"            # s | m

@@ -14,6 +14,7 @@ from kdad_jax import config_files
 
 def _mixed_defaults(c):
     c.method = "mixed"
+    c.loss.distance_weight = 0.5  # the ½ of DESIGN.md's 0.5·‖t̂ − ŝ‖² (no authors' code to follow)
     c.mixed = ml_collections.ConfigDict()
     c.mixed.skip_pairs = "all"    # 'i-j' student tap i learns teacher tap j (1-based); 'all' = i ≠ j
     c.mixed.skip_weight = 0.5     # weight of the skip-path losses against the direct ones

@@ -6,7 +6,7 @@ Presets (the part after ':' in --config):
               python -m kdad_jax.main --config=configs/stfpm.py --workdir=W \
                   --config.data.root=/data/mvtec_ad --config.data.category=all \
                   --config.teacher.checkpoint=resnet18-f37072fd.pth
-          Without a checkpoint the offline ImageNet EfficientNet-Lite0 (the 'pretrained' extra)
+          Without a checkpoint the offline ImageNet EfficientNet-Lite0 (installed with the package)
           is the teacher, with a Lite0 student; the log and results.json say so.
   demo    the offline embedded dataset (brick and gravel), minutes on a 2-core CPU: batch 8,
           15 epochs at lr 0.1 (short runs need a gentler step than the paper's 0.4).
@@ -39,6 +39,9 @@ def _base():
 
     c.loss = ml_collections.ConfigDict()
     c.loss.layer_weights = (1.0, 1.0, 1.0)  # α_l per tap
+    # w of w·‖t̂ − ŝ‖²: the paper writes 0.5, the authors' code uses 1 (no ½), so their lr 0.4
+    # takes twice the paper formula's step; 1 matches their code
+    c.loss.distance_weight = 1.0
     c.loss.cosine_weight = 0.0    # λ of the (1 − cos) term
     c.loss.augmented_pair = False  # also match features on an augmented copy of each image
     c.loss.relative_distance = False  # Σ_l (d_T − d_S)² between image and augmented copy
@@ -114,6 +117,7 @@ _FLAGS = {"eca": ("student", "eca"), "relative": ("loss", "relative_distance"),
 def configure(c, arg: str, apply_method_defaults=lambda c: None):
     """Presets and 'key=value' options from ``arg`` (shared with configs/eca_mskdad.py)."""
     apply_method_defaults(c)
+    c.cpu_preset = f"configs/{c.method}.py:cpu"  # suggested when a run would take hours on a CPU
     parts = [p for p in (arg or "").split(",") if p]
     for preset in [p for p in parts if "=" not in p] or [""]:
         _apply_preset(c, preset)

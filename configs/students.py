@@ -21,6 +21,7 @@ def _base():
     c.method = "students"
     c.seed = 0
     c.image_size = 256
+    c.cpu_preset = "configs/students.py:cpu"  # suggested when a run would take hours on a CPU
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.checkpoint = ""     # folder with teacher_patch{17,33,65}.msgpack; '' = random init

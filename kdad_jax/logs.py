@@ -40,3 +40,46 @@ class Logs:
 
     def close(self):
         self.writer.close()
+
+
+# Packages whose version can move a result (numerics, image decoding/resizing, input order).
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "Pillow", "scikit-image", "grain", "scipy",
+              "scikit-learn")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """What a figure depends on besides the config: package versions, CPU model, devices."""
+    import importlib.metadata
+    import os
+    import platform
+
+    import jax
+
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    devices = jax.devices()
+    return {
+        "versions": {"python": platform.python_version(), **versions},
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+    }

@@ -157,6 +157,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         **mean,
         "per_category": per_category,
         "seconds": round(time.time() - start, 1),
+        "environment": logs.environment(),
     }
     if not writer:
         return results

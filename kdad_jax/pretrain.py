@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from kdad_jax import backbones, checkpoint, parallel, train
+from kdad_jax import backbones, checkpoint, logs, parallel, train
 from kdad_jax.data import augment, pipeline
 from kdad_jax.data import images as image_io
 from kdad_jax.data import penalty as photo_sources
@@ -72,40 +72,98 @@ class _Concat:
         return self.sources[which][index - int(self.offsets[which])]
 
 
+def _random_views(config) -> bool:
+    """Random resized crops of the whole photos (ours, for small photo sets) instead of the
+    paper's one square resize per image."""
+    return config.pretrain.get("crop_scale", 0.0) > 0
+
+
 def image_source(config):
     """The configured folder and/or TFDS dataset, plus scikit-image's photos when
-    ``data.include_skimage`` (or when nothing else is configured)."""
+    ``data.include_skimage`` (or when nothing else is configured; its textures, which the embedded
+    dataset is made of, only with ``data.skimage_textures``). Elements are [S, S, 3] uint8, or
+    with random views the photo with its shorter side S (cropped per step)."""
+    size = config.image_size
+    load = image_io.load_short_side if _random_views(config) else image_io.load_rgb
     sources = []
     if config.data.tfds_name:
         sources.append(_TfdsSource(config.data.tfds_name, config.data.tfds_split,
-                                   config.data.tfds_data_dir, config.data.tfds_image_key,
-                                   config.image_size))
+                                   config.data.tfds_data_dir, config.data.tfds_image_key, size))
     if config.data.root:
-        sources.append(image_io.FolderSource(config.data.root, config.image_size, kind="pretraining"))
+        sources.append(image_io.FolderSource(config.data.root, size, load=load, kind="pretraining"))
     if config.data.include_skimage or not sources:
-        sources.append(photo_sources.skimage_photos(config.image_size))
+        names = photo_sources.SKIMAGE_PHOTOS
+        if not config.data.get("skimage_textures", True):
+            names = tuple(n for n in names if n not in photo_sources.SKIMAGE_TEXTURES)
+        prepare = image_io.resize_short_side if _random_views(config) else image_io.resize_rgb
+        sources.append(photo_sources.skimage_photos(size, names, load=prepare))
     return _Concat(sources)
 
 
-class _Grayscale:
-    def __init__(self, prob):
-        self.prob = prob
+class _Subset:
+    def __init__(self, source, indices):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.source[self.indices[index]]
+
+
+def split_holdout(source, every: int):
+    """(training images, held-out images): every ``every``-th image (index ≡ every − 1) is held
+    out, so a distillation loss can be measured on photos the teacher never saw. 0 = none."""
+    if every <= 0:
+        return source, _Subset(source, [])
+    held = [i for i in range(len(source)) if i % every == every - 1]
+    kept = [i for i in range(len(source)) if i % every != every - 1]
+    return _Subset(source, kept), _Subset(source, held)
+
+
+class _View:
+    """One training view of a pretraining image: (random resized crop, flip/rotation, colour
+    jitter when configured), then random grayscale. -> {'image': [S, S, 3] float32 in [0, 1]}."""
+
+    def __init__(self, pre, size):
+        self.size = size
+        self.crop_scale = pre.get("crop_scale", 0.0)
+        self.flip_rotate = pre.get("flip_rotate", False)
+        self.color_jitter = pre.get("color_jitter", 0.0)
+        self.grayscale_prob = pre.grayscale_prob
 
     def __call__(self, image, rng):
-        return {"image": augment.random_grayscale(image.astype(np.float32) / 255.0, rng, self.prob)}
+        if self.crop_scale > 0:
+            image = augment.random_resized_crop(image, self.size, rng, (self.crop_scale, 1.0))
+        if self.flip_rotate:
+            image = augment.flip_and_rotate(image, rng)
+        image = image.astype(np.float32) / 255.0
+        if self.color_jitter > 0:
+            image = augment.color_jitter_one(image, rng, self.color_jitter)
+        return {"image": augment.random_grayscale(image, rng, self.grayscale_prob)}
+
+
+def center_view(image: np.ndarray, size: int) -> np.ndarray:
+    """The deterministic view of an image (its centred square at S × S), uint8."""
+    if image.shape[:2] == (size, size):
+        return image
+    height, width = image.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top:top + size, left:left + size]
 
 
 def batches(source, config, start_step: int):
-    """grain pipeline indexed by step (a resume sees the same batches): shuffle, grayscale, batch."""
+    """grain pipeline indexed by step (a resume sees the same batches): shuffle, view, batch."""
     dataset = (grain.MapDataset.source(source).shuffle(config.seed).repeat()
-               .random_map(_Grayscale(config.pretrain.grayscale_prob), seed=config.seed))
+               .random_map(_View(config.pretrain, config.image_size), seed=config.seed))
     return pipeline.process_batches(dataset, config, start_step)
 
 
 def _stats_batches(source, config):
     count = min(len(source), config.pretrain.stats_images)
     for start in range(0, count, config.eval.batch_size):
-        yield np.stack([source[i] for i in range(start, min(count, start + config.eval.batch_size))]
+        yield np.stack([center_view(source[i], config.image_size)
+                        for i in range(start, min(count, start + config.eval.batch_size))]
                        ).astype(np.float32) / 255.0
 
 
@@ -115,10 +173,11 @@ def run(config, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     config = parallel.resolve_batch_size(config, mesh)
     method = get_method(config)
-    source = image_source(config)
+    source, held_out = split_holdout(image_source(config), config.data.get("holdout_every", 0))
     name = output_name(config, method)
     if parallel.is_writer():
-        print(f"teacher pretraining: {len(source)} images, backbone {config.pretrain.backbone}, "
+        held = f" ({len(held_out)} more held out)" if len(held_out) else ""
+        print(f"teacher pretraining: {len(source)} images{held}, backbone {config.pretrain.backbone}, "
               f"{name}, {config.train.steps} steps x batch {config.train.batch_size}", flush=True)
     rng_frozen, rng_init = jax.random.split(jax.random.key(config.seed))
     frozen, description = method.load_frozen(rng_frozen)
@@ -182,6 +241,7 @@ def _write_teacher(config, method, workdir, state, stats, description, seconds) 
         "seconds": round(seconds, 1),
         "command": " ".join([os.path.basename(sys.executable), "-m", "kdad_jax.main"] + sys.argv[1:]),
         "config": json.loads(config.to_json()),
+        "environment": logs.environment(),
     }
     with open(os.path.join(workdir, f"{name}.json"), "w") as f:
         json.dump(record, f, indent=2)

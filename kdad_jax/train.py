@@ -126,6 +126,44 @@ def _fit(config, workdir, category, method, tx, state, frozen, stats, train_imag
     return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr, mesh)
 
 
+class _DurationNote:
+    """After a few steps, one line when the rest of the run would take long on a CPU: the
+    projected time and the config's CPU preset (``config.cpu_preset``), e.g. for a user who types
+    the paper preset (70 000 steps at 256²) on a laptop. Steps after the first (compilation) are
+    timed; ``int(state.step)`` has already synchronized each one."""
+
+    FIRST, TIMED = 1, 4          # skip the compiling step, then time this many
+    THRESHOLD_S = 3600.0         # say nothing about runs shorter than an hour
+
+    def __init__(self, config, name: str, first_step: int):
+        self.config, self.name = config, name
+        self.start_step, self.start_time = first_step + self.FIRST, None
+        self.done = jax.default_backend() != "cpu" or config.train.steps - first_step <= self.FIRST + self.TIMED
+
+    def after(self, step: int):
+        """Called after each step; returns the line once, when there is one to say."""
+        if self.done:
+            return None
+        if step == self.start_step:
+            self.start_time = time.time()
+        if step < self.start_step + self.TIMED or self.start_time is None:
+            return None
+        self.done = True
+        per_step = (time.time() - self.start_time) / self.TIMED
+        remaining = per_step * (self.config.train.steps - step)
+        if remaining < self.THRESHOLD_S:
+            return None
+        hint = self.config.get("cpu_preset", "")
+        advice = f"; on a CPU use --config={hint} instead" if hint else ""
+        return (f"note: {self.name}: {self.config.train.steps - step} more steps at {per_step:.2f} "
+                f"s/step take about {_duration(remaining)} on this CPU{advice}")
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600.0
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
+
+
 def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr, mesh):
     """The loop every training job shares: jitted steps over ``batches`` (this process's slices,
     starting at ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
@@ -148,6 +186,7 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
         [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)])))
     last_checked = int(state.step)
+    duration_note = _DurationNote(config, name, last_checked)
 
     def check_weights(params, step):
         if not bool(parallel.to_host(all_finite(params))):
@@ -171,6 +210,9 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
                         logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 bar.update(1)
+                note = duration_note.after(step)
+                if note and writer:
+                    bar.write(note)
                 if saves:
                     check_weights(state.params, step)
                     checkpoint.save_state(mngr, state, stats)

@@ -72,6 +72,13 @@ def test_split_is_seeded_and_disjoint():
     assert np.array_equal(val, pipeline.split_train_validation(209, 0.1, seed=0)[1])
 
 
+@pytest.mark.parametrize("count", [2, 5, 10, 25, 35, 80, 209, 391])
+def test_validation_count_is_the_references(count):
+    """The EfficientAD reference trains on int(0.9·N) images and validates on the rest."""
+    fit, val = pipeline.split_train_validation(count, 0.1, seed=0)
+    assert len(fit) == int(0.9 * count) and len(val) == count - int(0.9 * count)
+
+
 def test_training_batches_are_deterministic_per_step():
     from tests.test_efficientad import efficientad_config
     config = efficientad_config.get_config("smoke")

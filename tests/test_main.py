@@ -1,10 +1,12 @@
 """The main job end to end with tiny configs: checkpoints, resume, results, clear errors."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -30,6 +32,10 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     assert results["teacher"] == "random-init" and results["categories"] == ["widget"]
     on_disk = json.load(open(os.path.join(workdir, "results.json")))
     assert on_disk["per_category"]["widget"]["train_steps"] == 3
+    environment = on_disk["environment"]  # what a figure can be traced to
+    for package in ("jax", "jaxlib", "numpy", "Pillow", "scikit-image", "grain"):
+        assert environment["versions"][package] == importlib.metadata.version(package)
+    assert environment["device_kind"] == jax.devices()[0].device_kind and environment["cpu"]
     assert set(os.listdir(os.path.join(workdir, "checkpoints", "widget"))) >= {"3"}
     assert os.listdir(os.path.join(workdir, "heatmaps", "widget"))
     _check_tables_and_plots(workdir, on_disk)

@@ -103,6 +103,30 @@ def test_feature_loss_equals_numpy():
     assert float(stfpm.feature_loss(t, s, (1.0, 1.0, 1.0))) == pytest.approx(plain, rel=1e-5)
 
 
+def test_stfpm_loss_is_the_authors_sum_without_the_half():
+    """STFPM's authors' code: per layer, Σ_c (t̂ − ŝ)² per position (no ½), mean over positions
+    and the batch, summed over layers — the configured STFPM loss must equal that."""
+    config = stfpm_config.get_config("smoke")
+    config.teacher.fallback = ""          # random-init ResNet-18 teacher: no files needed
+    assert config.loss.distance_weight == 1.0
+    assert eca_mskdad_config.get_config("smoke").loss.distance_weight == 0.5  # its paper's ½
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    params, model_state = method.init(jax.random.key(1), frozen)
+    images = _images(4, (2, 64, 64, 3))
+    loss, _ = method.loss(params, model_state, frozen, {}, {"image": images}, jax.random.key(2))
+    nets = stfpm.Nets(config)
+    t, _ = stfpm.features(nets.teacher, frozen["teacher"], images)
+    s, _ = stfpm.features(nets.student, {"params": params, **model_state}, images,
+                          train=True, mutable=True)
+    expected = 0.0
+    for tap in ("layer1", "layer2", "layer3"):
+        tn = _np_normalize(np.asarray(t[tap], np.float64))
+        sn = _np_normalize(np.asarray(s[tap], np.float64))
+        expected += ((tn - sn) ** 2).sum(-1).mean()
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+
+
 def test_relative_distance_loss_equals_numpy():
     t, ta, s, sa = _features(0), _features(1), _features(2), _features(3)
     expected = 0.0

@@ -85,31 +85,36 @@ def _stain(image, rng, photos):
     return _paste(image, np.clip(blurred + shift, 0, 1), mask), mask
 
 
-_DEFECT_FUNCTIONS = {"foreign": _foreign, "scratch": _scratch, "stain": _stain}
+DEFECT_FUNCTIONS = {"foreign": _foreign, "scratch": _scratch, "stain": _stain}
 
 
-def _save(array: np.ndarray, path: str, mode: str = "RGB") -> None:
+def save(array: np.ndarray, path: str, mode: str = "RGB") -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if mode == "RGB":
         array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
     Image.fromarray(array, mode).save(path)
 
 
-def write_category(out: str, name: str, seed: int = 0) -> None:
+def defect_photos():
+    """The real photos pasted as foreign objects, [H, W, 3] float32 in [0, 1]."""
     import skimage.data
+    return [np.asarray(getattr(skimage.data, p)(), np.float32) / 255.0 for p in PHOTOS]
+
+
+def write_category(out: str, name: str, seed: int = 0) -> None:
     rng = np.random.default_rng([seed, list(CATEGORIES).index(name)])
     texture, tint = _texture(name), CATEGORIES[name]
-    photos = [np.asarray(getattr(skimage.data, p)(), np.float32) / 255.0 for p in PHOTOS]
+    photos = defect_photos()
     root = os.path.join(out, name)
     for i in range(COUNTS["train"]):
-        _save(_normal_image(texture, tint, rng), os.path.join(root, "train", "good", f"{i:03d}.png"))
+        save(_normal_image(texture, tint, rng), os.path.join(root, "train", "good", f"{i:03d}.png"))
     for i in range(COUNTS["test_good"]):
-        _save(_normal_image(texture, tint, rng), os.path.join(root, "test", "good", f"{i:03d}.png"))
+        save(_normal_image(texture, tint, rng), os.path.join(root, "test", "good", f"{i:03d}.png"))
     for defect in DEFECTS:
         for i in range(COUNTS["per_defect"]):
-            image, mask = _DEFECT_FUNCTIONS[defect](_normal_image(texture, tint, rng), rng, photos)
-            _save(image, os.path.join(root, "test", defect, f"{i:03d}.png"))
-            _save(np.asarray(mask), os.path.join(root, "ground_truth", defect, f"{i:03d}_mask.png"), "L")
+            image, mask = DEFECT_FUNCTIONS[defect](_normal_image(texture, tint, rng), rng, photos)
+            save(image, os.path.join(root, "test", defect, f"{i:03d}.png"))
+            save(np.asarray(mask), os.path.join(root, "ground_truth", defect, f"{i:03d}_mask.png"), "L")
 
 
 def ensure(out: str, categories: Sequence[str] = tuple(CATEGORIES), seed: int = 0) -> str:

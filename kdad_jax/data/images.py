@@ -73,6 +73,24 @@ def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
+def resize_short_side(image: Image.Image, size: int) -> np.ndarray:
+    """Any PIL image -> [h, w, 3] uint8 RGB with its shorter side = ``size`` (aspect kept)."""
+    image = to_rgb(image)
+    scale = size / min(image.size)
+    shape = (max(size, round(image.size[0] * scale)), max(size, round(image.size[1] * scale)))
+    if image.size != shape:
+        image = image.resize(shape, Image.BILINEAR)
+    return np.asarray(image, np.uint8)
+
+
+def load_short_side(path: str, size: int) -> np.ndarray:
+    """[h, w, 3] uint8 with the shorter side resized to ``size`` (for random crops)."""
+    try:
+        return resize_short_side(_open(path), size)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable image ({e})") from None
+
+
 def load_rgb_and_size(path: str, size: int) -> Tuple[np.ndarray, Tuple[int, int]]:
     """([size, size, 3] uint8 bilinear resize, the file's (width, height))."""
     image = _open(path)

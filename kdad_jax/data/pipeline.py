@@ -14,11 +14,14 @@ from kdad_jax.data import augment
 
 
 def split_train_validation(count: int, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``count`` training images; at least one validation image."""
+    """Seeded split of ``count`` training images; at least one validation image.
+
+    The validation count is the EfficientAD reference's ``count − int((1 − fraction)·count)``
+    (it keeps ``int(0.9·N)`` images for training), e.g. 3 of 25 where rounding would give 2."""
     if count < 2:
         raise ValueError("need at least 2 training images to hold out a validation image")
     order = np.random.default_rng(seed).permutation(count)
-    n_val = min(count - 1, max(1, int(round(fraction * count))))
+    n_val = min(count - 1, max(1, count - int((1.0 - fraction) * count)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

@@ -40,9 +40,9 @@ def _loss(network, nets, config, params, model_state, frozen, stats, batch, rng)
     t = jax.lax.stop_gradient([t[k] for k in nets.taps])
     (a, b), new_state = stfpm.features(network, {"params": params, **model_state}, images,
                                        train=True, mutable=True)
-    weights = tuple(config.loss.layer_weights)
-    loss_a = stfpm.feature_loss(t, a, weights)
-    loss_b = stfpm.feature_loss(t, b, weights)
+    weights, w = tuple(config.loss.layer_weights), config.loss.distance_weight
+    loss_a = stfpm.feature_loss(t, a, weights, distance_weight=w)
+    loss_b = stfpm.feature_loss(t, b, weights, distance_weight=w)
     return loss_a + loss_b, ({"loss_forward": loss_a, "loss_inverted": loss_b}, dict(new_state))
 
 

@@ -44,10 +44,11 @@ def _loss(network, nets, config, params, model_state, frozen, stats, batch, rng)
     t = jax.lax.stop_gradient([t[k] for k in nets.taps])
     (s, projected), new_state = stfpm.features(network, {"params": params, **model_state}, images,
                                                train=True, mutable=True)
-    loss_direct = stfpm.feature_loss(t, s, tuple(config.loss.layer_weights))
+    w = config.loss.distance_weight
+    loss_direct = stfpm.feature_loss(t, s, tuple(config.loss.layer_weights), distance_weight=w)
     loss_skip = 0.0
     for (i, j), p in projected.items():
-        loss_skip = loss_skip + stfpm.feature_loss([t[j]], [p], (1.0,))
+        loss_skip = loss_skip + stfpm.feature_loss([t[j]], [p], (1.0,), distance_weight=w)
     total = loss_direct + config.mixed.skip_weight * loss_skip
     return total, ({"loss_direct": loss_direct, "loss_skip": loss_skip}, dict(new_state))
 

@@ -5,8 +5,11 @@ the same architecture, randomly initialized, trained with batch statistics; ECA-
 blocks after chosen batch norms (``kdad_jax.models.eca`` documents the default placement).
 
 Loss per layer l and position p, with f̂ = f/‖f‖ over channels (``DESIGN.md`` §4):
-    STFPM:      0.5·‖t̂ − ŝ‖²
-    ECA-MSKDAD: 0.5·‖t̂ − ŝ‖² + λ·(1 − cos(t, s)), on the image x and on its augmented copy xₐ
+    STFPM:      w·‖t̂ − ŝ‖²
+    ECA-MSKDAD: w·‖t̂ − ŝ‖² + λ·(1 − cos(t, s)), on the image x and on its augmented copy xₐ
+with w = ``config.loss.distance_weight``: the papers write w = 0.5, but STFPM's authors' code
+sums ‖t̂ − ŝ‖² without the ½ (per position, mean over the batch), so configs/stfpm.py sets w = 1
+to take their step at their lr 0.4; ECA-MSKDAD (no public code) keeps its paper's 0.5. Terms are
 averaged over positions and the batch, summed over layers with weights α_l; ECA-MSKDAD adds the
 relative-distance loss Σ_l mean_p (d_T − d_S)², d = ‖f̂(x) − f̂(xₐ)‖² per position. **(ours)** d is
 taken on the channel-normalized features the feature loss compares: raw ResNet features reach
@@ -60,11 +63,12 @@ def cosine_distance(teacher, student):
 
 
 def feature_loss(teacher: Sequence, student: Sequence, weights: Sequence[float],
-                 cosine_weight: float = 0.0):
-    """Σ_l α_l · mean over batch and positions of 0.5‖t̂ − ŝ‖² + λ(1 − cos). Lists of [B, h, w, C]."""
+                 cosine_weight: float = 0.0, distance_weight: float = 0.5):
+    """Σ_l α_l · mean over batch and positions of w‖t̂ − ŝ‖² + λ(1 − cos) (w = ``distance_weight``,
+    the papers' 0.5 by default). Lists of [B, h, w, C]."""
     total = 0.0
     for t, s, alpha in zip(teacher, student, weights):
-        per_position = layer_distance(t, s)
+        per_position = 2.0 * distance_weight * layer_distance(t, s)
         if cosine_weight:
             per_position = per_position + cosine_weight * cosine_distance(t, s)
         total = total + alpha * jnp.mean(per_position)
@@ -250,7 +254,8 @@ def _loss(nets, config, params, model_state, frozen, stats, batch, rng):
                              train=True, mutable=True)
     s = [s[k] for k in nets.taps]
     weights = tuple(config.loss.layer_weights)
-    loss_features = feature_loss(t, s, weights, config.loss.cosine_weight)
+    loss_features = feature_loss(t, s, weights, config.loss.cosine_weight,
+                                 config.loss.get("distance_weight", 0.5))
     aux = {"loss_features": loss_features}
     total = loss_features
     if pair and config.loss.relative_distance:
