@@ -5,6 +5,14 @@ Presets (the part after ':' in --config):
               python -m kdad_jax.main --config=configs/efficientad.py --workdir=W \
                   --config.data.root=/data/mvtec_ad --config.data.category=all
   m           EfficientAD-M, otherwise the paper settings.
+  cpu         real data on a 2-core CPU: the shipped PDN-S teacher, 128² images, batch 1, 1000
+              steps at lr 1e-3 (x0.1 for the last 5 %) — README "Real data on a CPU" gives the
+              time and the scores on real MVTec bottle. Chosen on defects pasted into held-out
+              bottle *training* images (kdad_jax/data/synthetic.py), never on a test split:
+              there image AUROC 0.985, pixel AUROC 0.970, AU-PRO 0.877.
+              python -m kdad_jax.main --config=configs/efficientad.py:cpu --workdir=W \
+                  --config.data.root=/data/mvtec_ad --config.data.category=bottle \
+                  --config.penalty.root=/data/imagenet/train
   demo        the offline embedded dataset (brick and gravel of its three categories), sized to
               train and evaluate in about 10 minutes on a 2-core CPU: 96² images, batch 1,
               300 steps at lr 1e-3 (short schedules need the larger step), with the shipped
@@ -79,6 +87,14 @@ def _apply_preset(c, preset):
         c.train.learning_rate = 1e-3
         c.train.checkpoint_every = 100
         c.train.log_every = 10
+    elif preset == "cpu":
+        c.image_size = 128
+        c.teacher.checkpoint = "builtin:pdn_s_efficientnet_lite0"
+        c.train.steps = 1000
+        c.train.batch_size = 1
+        c.train.learning_rate = 1e-3
+        c.train.checkpoint_every = 250
+        c.train.log_every = 25
     elif preset == "smoke":
         c.image_size = 64
         c.model.out_channels = 16
@@ -88,7 +104,7 @@ def _apply_preset(c, preset):
         c.train.log_every = 1
         c.eval.num_heatmaps = 2
     elif preset not in ("", "s"):
-        raise ValueError(f"unknown preset {preset!r}: use s, m, demo or smoke")
+        raise ValueError(f"unknown preset {preset!r}: use s, m, cpu, demo or smoke")
 
 
 def get_config(arg: str = ""):

@@ -106,3 +106,20 @@ def test_holdout_split_and_views(tmp_path):
     assert pretrain.center_view(held[0], 32).shape == (32, 32, 3)
     view = pretrain._View(config.pretrain, 32)(train_source[0], np.random.default_rng(0))["image"]
     assert view.shape == (32, 32, 3) and view.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["efficientad", "stfpm", "eca_mskdad", "dskd", "mixed", "students"])
+def test_cpu_preset_named_by_each_config_exists(name):
+    """The duration note points paper-preset users at config.cpu_preset: it must load, belong to
+    the same method and train fewer steps than the paper preset."""
+    from kdad_jax import config_files
+    from tests.conftest import PROJECT
+    paper = config_files.load(os.path.join(PROJECT, "configs", f"{name}.py")).get_config("")
+    path, preset = paper.cpu_preset.split(":")
+    assert path == f"configs/{name}.py"
+    cpu = config_files.load(os.path.join(PROJECT, path)).get_config(preset)
+    assert cpu.method == paper.method
+
+    def steps(c):
+        return c.train.get("epochs") or c.train.steps
+    assert steps(cpu) < steps(paper) or cpu.image_size < paper.image_size
