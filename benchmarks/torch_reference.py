@@ -200,7 +200,8 @@ class STFPM:
         with torch.no_grad():
             t = self._features(self.teacher, image)
         s = self._features(self.student, image)
-        loss = sum(0.5 * ((F.normalize(a, dim=1) - F.normalize(b, dim=1)) ** 2).sum(1).mean()
+        # the authors' loss: Σ_c (t̂ − ŝ)² per position (no ½), mean over positions and batch
+        loss = sum(((F.normalize(a, dim=1) - F.normalize(b, dim=1)) ** 2).sum(1).mean()
                    for a, b in zip(t, s))
         self.optimizer.zero_grad()
         loss.backward()

@@ -51,6 +51,11 @@ def one_step(config, method, tx, frozen, stats, state, batch, mesh):
     return parallel.to_host(new_state), float(parallel.to_host(metrics)["loss"]), shards
 
 
+def _float64(tree):
+    return jax.tree_util.tree_map(
+        lambda a: np.asarray(a, np.float64) if np.asarray(a).dtype == np.float32 else a, tree)
+
+
 def differences(a, b, tiny: float = 1e-6):
     """(worst ‖a − b‖ / ‖b‖ over the leaves, worst max |a − b| over leaves with ‖b‖ < ``tiny``).
 
@@ -84,14 +89,21 @@ def check(spec: str) -> dict:
     sharded, loss_sharded, shards = one_step(config, method, tx, frozen, stats, state, batch,
                                              parallel.make_mesh())
     relative, absolute = differences(sharded, single)
+    # The exact step (float64 throughout) tells rounding from a sharding error: where the float32
+    # step itself is ill-conditioned, the 1- and 8-device results both drift from it.
+    exact, _, _ = one_step(config, method, tx, _float64(frozen), _float64(stats), _float64(state),
+                           _float64(batch), parallel.make_mesh(jax.devices()[:1]))
     moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(
         jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(state.params)))
     return {"config": spec, "devices": jax.device_count(), "batch_devices": sorted(shards),
             "loss_single": loss_single, "loss_sharded": loss_sharded,
             "worst_relative": relative, "worst_absolute_of_tiny_leaves": absolute,
+            "sharded_vs_float64": differences(sharded, exact)[0],
+            "single_vs_float64": differences(single, exact)[0],
             "largest_param_change": moved}
 
 
 if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)  # for the float64 reference step only
     for spec in sys.argv[1:]:
         print(json.dumps(check(spec)), flush=True)
