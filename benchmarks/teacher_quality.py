@@ -115,30 +115,29 @@ def categories(mvtec_root: str, image_size: int):
     return found
 
 
-def heldout_photos(photos: str):
-    """(training views, held-out views) of the ship recipe, [N, 256, 256, 3] uint8 centre views."""
-    from kdad_jax import config_files, pretrain
+def heldout_losses(pdn_variables: dict, photos: str, batch: int = 8) -> dict:
+    """{name: distillation loss on the ``ship`` recipe's held-out photos}: the recipe's own loss
+    (methods/teacher_pretraining.py) on their centre views, with its target statistics computed
+    once from the training photos' centre views, as the pretraining job computes them."""
+    from kdad_jax import config_files, inference, pretrain
+    from kdad_jax.methods import get_method
     config = config_files.load(os.path.join(PROJECT, "configs", "efficientad_teacher.py")).get_config("ship")
     config.data.root = photos
+    method = get_method(config)
+    frozen, _ = method.load_frozen(None)
     train, held = pretrain.split_holdout(pretrain.image_source(config), config.data.holdout_every)
-    view = functools.partial(pretrain.center_view, size=config.image_size)
-    return (np.stack([view(train[i]) for i in range(len(train))]),
-            np.stack([view(held[i]) for i in range(len(held))]))
 
+    def views(source, start, stop):  # [n, V, V, 3] float32 in [0, 1]
+        return np.stack([pretrain.center_view(source[i], config.image_size)
+                         for i in range(start, stop)]).astype(np.float32) / 255.0
 
-def heldout_loss(pdn_variables, targets_fn, train_views, held_views):
-    import jax
-    from kdad_jax import inference
-    from kdad_jax.methods.base import imagenet_normalize
-    from kdad_jax.models.pdn import PDN
-    raw = _batched(targets_fn, train_views).reshape(-1, 384).astype(np.float64)
-    mean, std = raw.mean(0), raw.std(0)
-    target = (_batched(targets_fn, held_views) - mean) / std
-    padded = PDN("s", 384, padded=True)
-    half = train_views.shape[1] // 2
-    predict = inference.jit(lambda x: padded.apply(pdn_variables, imagenet_normalize(
-        jax.image.resize(x, (x.shape[0], half, half, 3), "linear"))))
-    return float(np.mean((_batched(predict, held_views) - target) ** 2))
+    stats = method.prepare_stats(frozen, (views(train, i, min(len(train), i + batch))
+                                          for i in range(0, len(train), batch)))
+    loss = inference.jit(lambda params, frozen, stats, images: method.loss(
+        params, {}, frozen, stats, {"image": images}, None)[0])
+    held_batches = [views(held, i, min(len(held), i + batch)) for i in range(0, len(held), batch)]
+    return {name: sum(float(loss(variables, frozen, stats, b)) * len(b) for b in held_batches) / len(held)
+            for name, variables in pdn_variables.items()}
 
 
 def main(argv=None):
@@ -165,9 +164,9 @@ def main(argv=None):
             rows[name][category], pixel_rows[name][category] = nearest_neighbour_aurocs(
                 train_features, test_features, data.test_labels, data.test_masks, args.bank)
     if os.path.isdir(args.photos):
-        train_views, held_views = heldout_photos(args.photos)
-        for name, (_, variables) in extractors.items():
-            rows[name]["heldout_loss"] = heldout_loss(variables, targets, train_views, held_views)
+        losses = heldout_losses({n: v for n, (_, v) in extractors.items()}, args.photos)
+        for name, value in losses.items():
+            rows[name]["heldout_loss"] = value
         rows["lite0"]["heldout_loss"] = 0.0  # the targets themselves
     columns = [c for c in rows["lite0"] if c != "heldout_loss"]
     gaps = {name: {c: round(rows["lite0"][c] - rows[name][c], 4) for c in columns}
