@@ -14,7 +14,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from kdad_jax import (backbones, describe, evaluate, export, logs, parallel, predict, pretrain,
-                      report, teachers, train)
+                      report, teachers, train, validate)
+from kdad_jax import workdir as workdir_module
 from kdad_jax.data import dataset, embedded
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
@@ -95,17 +96,17 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
 def run(config, workdir: str, mode: str = "train") -> dict:
     """Train and/or evaluate every configured category; writes ``<workdir>/results.json``.
 
-    A teacher-pretraining config (``task = 'pretrain_teacher'``) writes a teacher file instead."""
+    A teacher-pretraining config (``task = 'pretrain_teacher'``) writes a teacher file instead.
+    When a category fails after others finished, their results are written first (with the
+    failure under ``failed``), then the error is raised."""
+    validate.check(config)
     if config.get("task") == "pretrain_teacher":
         if mode != "train":
             raise UserError("teacher pretraining has only --mode=train")
         return pretrain.run(config, workdir)
     start = time.time()
     writer = parallel.is_writer()  # only process 0 writes files and prints
-    os.makedirs(workdir, exist_ok=True)
-    if writer:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+    workdir_module.prepare(workdir, config, writer)
     root, dataset_name = resolve_dataset(config, workdir)
     builtin = teachers.builtin_name(config.teacher.checkpoint)
     if builtin and writer:
@@ -118,30 +119,49 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         print(f"teacher: {method.info['teacher_choice']}", flush=True)
     per_category = {}
     for name in categories:
-        category_start = time.time()
-        data = dataset.read_category(config.data.format, root, name, config.image_size)
-        if writer:
-            print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
-                  f"({int(data.test_labels.sum())} anomalous)", flush=True)
-        trained = train.train_category(config, workdir, name, method, data.train,
-                                       resume_only=(mode in ("eval", "export")),
-                                       validation_images=data.validation)
-        result = evaluate_category(config, workdir, method, data, trained, writer)
-        result.update(teacher=trained.teacher, train_steps=trained.steps,
-                      seconds=round(time.time() - category_start, 1))
-        if data.skipped:
-            result["skipped_files"] = data.skipped
-        if mode == "export" and writer:
-            folder = export.export_category(
-                os.path.join(workdir, "export", name), method, trained, config.image_size,
-                {"category": name, "threshold": result["thresholds"]["image_threshold"],
-                 "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
-                     k: result[k] for k in evaluate.METRIC_KEYS}})
-            print(f"{name}: exported to {folder} (load with kdad_jax.deploy.load)", flush=True)
-        per_category[name] = result
+        try:
+            per_category[name] = _run_category(config, workdir, method, root, name, mode, writer)
+        except BaseException as e:
+            if per_category and writer:
+                results = _results(config, method, dataset_name, root, categories, per_category, start)
+                results["failed"] = {name: str(e) or type(e).__name__}
+                _write_results(config, workdir, dataset_name, results, per_category, partial=True)
+            raise
+    results = _results(config, method, dataset_name, root, categories, per_category, start)
+    if writer:
+        _write_results(config, workdir, dataset_name, results, per_category)
+    return results
+
+
+def _run_category(config, workdir, method, root, name, mode, writer) -> dict:
+    """Train (or load), evaluate and (``mode='export'``) export one category; its result dict."""
+    category_start = time.time()
+    data = dataset.read_category(config.data.format, root, name, config.image_size)
+    if writer:
+        print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
+              f"({int(data.test_labels.sum())} anomalous)", flush=True)
+    trained = train.train_category(config, workdir, name, method, data.train,
+                                   resume_only=(mode in ("eval", "export")),
+                                   validation_images=data.validation)
+    result = evaluate_category(config, workdir, method, data, trained, writer)
+    result.update(teacher=trained.teacher, train_steps=trained.steps,
+                  seconds=round(time.time() - category_start, 1))
+    if data.skipped:
+        result["skipped_files"] = data.skipped
+    if mode == "export" and writer:
+        folder = export.export_category(
+            os.path.join(workdir, "export", name), method, trained, config.image_size,
+            {"category": name, "threshold": result["thresholds"]["image_threshold"],
+             "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
+                 k: result[k] for k in evaluate.METRIC_KEYS}})
+        print(f"{name}: exported to {folder} (load with kdad_jax.deploy.load)", flush=True)
+    return result
+
+
+def _results(config, method, dataset_name, root, categories, per_category, start) -> dict:
     mean = report.mean_over_categories(per_category)
     teacher_files = sorted({r["teacher"] for r in per_category.values()})
-    results = {
+    return {
         "method": config.method,
         "model": method.info,
         "dataset": dataset_name,
@@ -159,16 +179,23 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         "seconds": round(time.time() - start, 1),
         "environment": logs.environment(),
     }
-    if not writer:
-        return results
+
+
+def _write_results(config, workdir, dataset_name, results, per_category, partial=False) -> None:
+    """results.json, the tables and the printed table (process 0)."""
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
+    mean = {k: results[k] for k in report.mean_over_categories(per_category)}
     tables = report.write_tables(workdir, per_category, mean,
                                  f"{config.method} on {dataset_name} ({config.image_size}² images)")
     print(report.format_table(per_category, mean))
+    if partial:
+        print(f"results of the {len(per_category)} finished categor"
+              f"{'y' if len(per_category) == 1 else 'ies'} written to "
+              f"{os.path.join(workdir, 'results.json')} before the error below", flush=True)
+        return
     print(f"teacher: {results['teacher']}; results: {os.path.join(workdir, 'results.json')}, "
           f"{', '.join(os.path.basename(t) for t in tables)}; {results['seconds']:.0f} s")
-    return results
 
 
 def _one_line(message: str) -> str:
@@ -213,7 +240,8 @@ def main(argv):
         else:
             run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except parallel.Preempted as e:
         print(str(e), file=sys.stderr)

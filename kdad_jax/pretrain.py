@@ -30,6 +30,7 @@ from kdad_jax.data import images as image_io
 from kdad_jax.data import penalty as photo_sources
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
+from kdad_jax.workdir import make as make_folder
 
 
 class _TfdsSource:
@@ -169,7 +170,7 @@ def _stats_batches(source, config):
 
 def run(config, workdir: str) -> dict:
     start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    make_folder(workdir)
     mesh = parallel.make_mesh()
     config = parallel.resolve_batch_size(config, mesh)
     method = get_method(config)

@@ -106,6 +106,10 @@ def _read_normal(paths: Sequence[str], size: int, skipped: List[str], what: str,
     images, _ = image_io.read_images(paths, size, skipped)
     if images is None:
         raise UserError(f"{folder}: no readable {what} images")
+    flat = images.reshape(len(images), -1)
+    if (flat.min(axis=1) == flat.max(axis=1)).all():  # nothing to learn; the loss would be NaN
+        raise UserError(f"{folder}: all {len(images)} readable {what} images are one flat colour "
+                        f"(value {int(flat[0, 0])} in the first): check the camera export or the folder")
     return images
 
 

@@ -1,14 +1,16 @@
 """Reading image and mask files into uint8 arrays, with errors that name the file.
 
-Dataset folders are read leniently: an unreadable file (corrupt, truncated, empty, not an image)
-is skipped with one warning line naming it and recorded by the caller; files whose extension is
-not an image's are listed once per folder and ignored."""
+Dataset folders are read leniently: an unreadable file (corrupt, truncated, empty, not an image,
+a broken symbolic link, over Pillow's decompression-bomb limit) is skipped with one warning line
+naming it and recorded by the caller; files whose extension is not an image's are listed once per
+folder and ignored; hidden files (``.DS_Store``, macOS ``._*`` resource forks) are ignored
+silently. Images are turned upright by their EXIF orientation, as a viewer shows them."""
 
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kdad_jax.errors import UserError, warn
 
@@ -22,47 +24,94 @@ def _is_image_name(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk(folder: str) -> List[str]:
+    """Every file under ``folder``, hidden files and folders left out."""
+    found = []
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not _is_hidden(d)]
+        found += [os.path.join(directory, f) for f in files if not _is_hidden(f)]
+    return found
+
+
 def list_images(folder: str, recursive: bool = False, report_others: bool = False) -> List[str]:
-    """Sorted image files in ``folder`` (by extension). ``report_others``: warn once about the
-    other files there (hidden files such as .DS_Store are ignored silently)."""
+    """Sorted image files in ``folder`` (by extension; hidden files left out). A broken symbolic
+    link with an image's name is listed, so that reading it reports it. ``report_others``: warn
+    once about the other files there and about images in subfolders, which a non-recursive
+    listing does not read."""
     if recursive:
-        found = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+        found = _walk(folder)
     else:
-        found = [os.path.join(folder, f) for f in os.listdir(folder)]
+        found = [os.path.join(folder, f) for f in os.listdir(folder) if not _is_hidden(f)]
+    dangling = [p for p in found if os.path.islink(p) and not os.path.exists(p)]
     found = [p for p in found if os.path.isfile(p)]
     if report_others:
-        others = sorted(os.path.basename(p) for p in found
-                        if not _is_image_name(p) and not os.path.basename(p).startswith("."))
+        others = sorted(os.path.basename(p) for p in found if not _is_image_name(p))
         if others:
             warn(f"{folder}: ignored {len(others)} non-image file(s): {', '.join(others[:3])}"
                  f"{', ...' if len(others) > 3 else ''}")
-    return sorted(p for p in found if _is_image_name(p))
+        if not recursive:
+            _report_subfolder_images(folder)
+    return sorted(p for p in found + dangling if _is_image_name(p))
 
 
-def _open(path: str) -> Image.Image:
+def _report_subfolder_images(folder: str) -> None:
+    subfolders = sorted(d for d in os.listdir(folder)
+                        if not _is_hidden(d) and os.path.isdir(os.path.join(folder, d)))
+    counts = {d: sum(_is_image_name(p) for p in _walk(os.path.join(folder, d))) for d in subfolders}
+    counts = {d: n for d, n in counts.items() if n}
+    if counts:
+        listed = ", ".join(f"{d}/ ({n})" for d, n in list(counts.items())[:3])
+        warn(f"{folder}: ignored {sum(counts.values())} image(s) in subfolder(s) {listed}"
+             f"{', ...' if len(counts) > 3 else ''}: only the folder's own files are read; move "
+             f"them up to use them")
+
+
+def open_image(path: str) -> Image.Image:
+    """The decoded image, upright by its EXIF orientation; ``UserError`` naming ``path`` if not."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"{path}: unreadable image (broken symbolic link to {os.readlink(path)})")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise UserError(f"{path}: unreadable image (empty file, 0 bytes)")
     try:
         image = Image.open(path)
         image.load()
-        return image
+        return ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
         raise UserError(f"{path}: unreadable image (not an image format Pillow knows)") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{path}: unreadable image (over Pillow's decompression-bomb limit of "
+                        f"{Image.MAX_IMAGE_PIXELS} px: {e}; if it is a real image, raise "
+                        f"PIL.Image.MAX_IMAGE_PIXELS or downscale it)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: unreadable image ({e})") from None
 
 
+def _to_eight_bit(values: np.ndarray, full_scale: float) -> Image.Image:
+    return Image.fromarray((np.clip(values / full_scale, 0, 1) * 255).round().astype(np.uint8), "L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale, palette, 16-bit and RGBA images -> 8-bit RGB (alpha dropped)."""
+    """Grayscale, palette, 16-bit, 32-bit float and RGBA images -> 8-bit RGB (alpha dropped).
+
+    Float images (TIFF mode 'F') in [0, 1] are taken as full scale, ones up to 255 as 8-bit
+    values, larger ones as 16-bit; NaN reads as 0."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, np.float64)
         full_scale = 255.0 if image.mode == "I" and values.max() <= 255 else 65535.0
-        image = Image.fromarray((np.clip(values / full_scale, 0, 1) * 255).round().astype(np.uint8), "L")
+        image = _to_eight_bit(values, full_scale)
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = values.max(initial=0.0)
+        image = _to_eight_bit(values, 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0)
     return image.convert("RGB")
 
 
 def original_size(path: str) -> Tuple[int, int]:
-    return _open(path).size
+    return open_image(path).size
 
 
 def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
@@ -86,14 +135,14 @@ def resize_short_side(image: Image.Image, size: int) -> np.ndarray:
 def load_short_side(path: str, size: int) -> np.ndarray:
     """[h, w, 3] uint8 with the shorter side resized to ``size`` (for random crops)."""
     try:
-        return resize_short_side(_open(path), size)
+        return resize_short_side(open_image(path), size)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable image ({e})") from None
 
 
 def load_rgb_and_size(path: str, size: int) -> Tuple[np.ndarray, Tuple[int, int]]:
     """([size, size, 3] uint8 bilinear resize, the file's (width, height))."""
-    image = _open(path)
+    image = open_image(path)
     if min(image.size) < SMALL_SIDE:
         warn(f"{path}: only {image.size[0]}x{image.size[1]} px (smaller than a {SMALL_SIDE}-px "
              f"patch); upsampled to {size}x{size}, so its details are interpolated")
@@ -147,20 +196,24 @@ class FolderSource:
         self.paths = list_images(root, recursive=True)
         if not self.paths:
             raise UserError(f"{root}: no images in {kind} folder")
-        self.size, self.load = size, load
+        self.size, self.load, self.root, self.kind = size, load, root, kind
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
-        for offset in range(min(self.MAX_SKIPS, len(self.paths))):
+        tries = min(self.MAX_SKIPS, len(self.paths))
+        for offset in range(tries):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
                 return self.load(path, self.size)
             except UserError as e:
                 warn(f"skipped {e}; using the next file instead")
-        raise UserError(f"{os.path.dirname(self.paths[index])}: {self.MAX_SKIPS} unreadable files in "
-                        f"a row around {self.paths[index]}")
+        if tries == len(self.paths):
+            raise UserError(f"{self.root}: none of its {len(self.paths)} {self.kind} image file(s) "
+                            f"is readable")
+        raise UserError(f"{self.root}: {tries} unreadable {self.kind} image files in a row "
+                        f"from {self.paths[index]}")
 
 
 def mask_values(mask: Image.Image) -> np.ndarray:
@@ -175,7 +228,7 @@ def load_mask(path: str, size: int, expected_size: Optional[Tuple[int, int]]) ->
     """[size, size] bool, anomalous where the mask is non-zero: 0/255, 0/1 (VisA), 0/65535 and
     LOCO's per-defect values all work. Nearest resize. ``expected_size`` is its image's
     (width, height), checked when given."""
-    mask = _open(path)
+    mask = open_image(path)
     if expected_size is not None and mask.size != tuple(expected_size):
         raise UserError(f"{path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image "
                         f"({expected_size[0]}x{expected_size[1]})")

@@ -25,10 +25,10 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
 
 
 def _load_prepared(path: str, size: int) -> np.ndarray:
+    image = image_io.open_image(path)  # one-line UserError naming the file when unreadable
     try:
-        with Image.open(path) as image:
-            return prepare(image, size)
-    except OSError as e:
+        return prepare(image, size)
+    except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable penalty image ({e})") from None
 
 

@@ -1,0 +1,415 @@
+"""Hostile input, as a user with a messy file share and a messy cluster meets it: every case ends
+in one line naming the key, file or path (or just works), no traceback, nothing lost.
+
+One EfficientAD ``:smoke`` workdir is trained (and exported) once for the module; tests copy it.
+"""
+
+import csv
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from kdad_jax import checkpoint, deploy, parallel, predict, validate
+from kdad_jax import main as kdad_main
+from kdad_jax.config_files import load as load_config_file
+from kdad_jax.data import dataset
+from kdad_jax.data import images as image_io
+from kdad_jax.errors import UserError
+from tests.conftest import PROJECT, build_tree
+
+efficientad_config = load_config_file(os.path.join(PROJECT, "configs", "efficientad.py"))
+STEPS, EVERY = 6, 2
+
+
+def smoke_config(root, **train):
+    config = efficientad_config.get_config("smoke")
+    config.data.root = str(root)
+    config.train.steps, config.train.checkpoint_every = STEPS, EVERY
+    config.eval.num_heatmaps = 0
+    config.eval.plots = False
+    for key, value in train.items():
+        config.train[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(data root, trained + exported workdir, config)."""
+    base = tmp_path_factory.mktemp("hostile")
+    build_tree(base / "data")
+    config = smoke_config(base / "data")
+    workdir = base / "trained"
+    kdad_main.run(config, str(workdir), mode="train")
+    kdad_main.run(config, str(workdir), mode="export")
+    return base / "data", workdir, config
+
+
+def _copy(workdir, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(workdir, target)
+    return target
+
+
+def _leaves(workdir, step):
+    mngr = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints" / "widget"))
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                          stats=ocp.args.StandardRestore()))
+    mngr.close()
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(dict(restored))]
+
+
+def _main(*args, cwd=PROJECT):
+    return subprocess.run([sys.executable, "-m", "kdad_jax.main", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(proc):
+    """The process failed with ``error: ...`` lines only: no traceback."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert lines, proc.stderr[-3000:]
+    return lines
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def test_preemption_off_the_interval_saves_the_announced_step_and_resumes_bit_identical(
+        trained, tmp_path, monkeypatch):
+    root, reference, _ = trained
+    workdir = tmp_path / "preempted"
+    with monkeypatch.context() as patch:  # the notice arrives during step 3 (interval: 2)
+        patch.setattr(parallel.Preemption, "reached", lambda self, step: step == 3)
+        with pytest.raises(parallel.Preempted, match="checkpoint saved at step 3"):
+            kdad_main.run(smoke_config(root), str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints" / "widget")) == ["2", "3"]
+    kdad_main.run(smoke_config(root), str(workdir))
+    logged = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
+    assert logged == [1, 2, 3, 4, 5, 6]  # resumed at 4, after the announced step
+    for a, b in zip(_leaves(reference, STEPS), _leaves(workdir, STEPS)):
+        assert np.array_equal(a, b)
+
+
+def _delete_data(step_dir):
+    shutil.rmtree(step_dir / "state" / "d")
+
+
+def _overwrite(step_dir):
+    for folder, _, files in os.walk(step_dir / "state"):
+        for name in files:
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"garbage")
+
+
+@pytest.mark.parametrize("damage", ["delete_data", "overwrite", "empty_newer_step"])
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_newest_good_one_used(
+        trained, tmp_path, capsys, damage):
+    root, reference, config = trained
+    workdir = _copy(reference, tmp_path)
+    steps = workdir / "checkpoints" / "widget"
+    if damage == "empty_newer_step":
+        (steps / "10").mkdir()
+        bad, good = "10", STEPS
+    else:
+        {"delete_data": _delete_data, "overwrite": _overwrite}[damage](steps / str(STEPS))
+        bad, good = str(STEPS), STEPS - EVERY
+    results = kdad_main.run(config, str(workdir), mode="eval")
+    err = capsys.readouterr().err
+    assert f"{steps / bad}: unreadable checkpoint" in err and f"resuming from step {good} instead" in err
+    assert "Traceback" not in err
+    assert (steps / "corrupt" / bad).is_dir()  # kept for inspection, not deleted
+    assert results["per_category"]["widget"]["train_steps"] == good
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_last_good_checkpoint(trained, tmp_path, monkeypatch):
+    root, _, _ = trained
+    workdir = tmp_path / "full"
+    original = ocp.CheckpointManager.save
+
+    def disk_full_at_step_4(self, step, *args, **kwargs):
+        if step == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_at_step_4)
+    with pytest.raises(UserError) as error:
+        kdad_main.run(smoke_config(root), str(workdir))
+    message = str(error.value)
+    assert "could not save the checkpoint of step 4 (No space left on device)" in message
+    assert "the last good checkpoint (step 2) is kept" in message and "\n" not in message
+    monkeypatch.undo()
+    assert len(_leaves(workdir, 2)) > 10  # still whole
+
+
+def test_rerunning_a_workdir_with_another_shape_config_names_the_key(trained, tmp_path):
+    root, reference, _ = trained
+    workdir = _copy(reference, tmp_path)
+    proc = _main("--config=configs/efficientad.py:smoke", f"--workdir={workdir}",
+                 f"--config.data.root={root}", "--config.model.out_channels=8", "--config.image_size=72")
+    [line] = _one_line_error(proc)
+    assert "image_size=64 (now 72)" in line and "model.out_channels=16 (now 8)" in line
+    assert "use a new --workdir" in line
+    assert json.load(open(workdir / "config.json"))["image_size"] == 64  # not overwritten
+
+
+# --- config values -----------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("train.steps", 0), ("train.steps", -5), ("train.batch_size", 0), ("train.batch_size", -1),
+    ("train.per_device_batch_size", -1), ("train.checkpoint_every", 0), ("train.log_every", 0),
+    ("seed", -1), ("data.validation_fraction", float("nan")), ("data.validation_fraction", 1.0),
+    ("eval.batch_size", 0), ("eval.threshold_percentile", 150.0), ("model.size", "xl"),
+    ("train.learning_rate", 0.0),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES)
+def test_each_bad_config_value_is_one_line_naming_key_and_value(key, value):
+    config = efficientad_config.get_config("smoke")
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+    [line] = validate.problems(config)
+    assert line.startswith(f"config.{key}={value!r}: must be ")
+
+
+def test_bad_config_values_stop_the_job_before_any_work(tmp_path):
+    empty = tmp_path / "empty_teacher"
+    empty.mkdir()
+    proc = _main("--config=configs/efficientad.py:smoke", f"--workdir={tmp_path / 'w'}",
+                 "--config.train.steps=0", "--config.eval.threshold_percentile=150",
+                 "--config.seed=-1", f"--config.teacher.checkpoint={empty}")
+    lines = _one_line_error(proc)
+    assert len(lines) == 4
+    assert any("config.train.steps=0" in l for l in lines)
+    assert any("is an empty folder" in l for l in lines)
+    assert not (tmp_path / "w").exists()  # nothing was started
+
+
+def test_every_preset_of_every_config_passes_validation():
+    for name in sorted(os.listdir(PROJECT / "configs")):
+        if not name.endswith(".py") or name.startswith("_"):
+            continue
+        module = load_config_file(str(PROJECT / "configs" / name))
+        for preset in ("", "smoke"):
+            try:
+                config = module.get_config(preset)
+            except ValueError:
+                continue  # a config without that preset
+            assert validate.problems(config) == [], (name, preset)
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "output_file"])
+def test_a_workdir_or_output_that_cannot_be_a_folder_is_one_line(trained, tmp_path, where):
+    root, reference, _ = trained
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    if where == "output_file":
+        proc = _main("--config=configs/efficientad.py:smoke", f"--workdir={reference}", "--mode=predict",
+                     f"--input={root}/widget/test/good", f"--output={blocker}")
+        expected = f"--output={blocker}: is a file, not a folder"
+    else:
+        workdir = blocker if where == "file" else blocker / "run"
+        proc = _main("--config=configs/efficientad.py:smoke", f"--workdir={workdir}",
+                     f"--config.data.root={root}")
+        expected = (f"--workdir={workdir}: is a file, not a folder" if where == "file" else
+                    f"--workdir={workdir}: a part of the path is a file, not a folder")
+    assert _one_line_error(proc) == [f"error: {expected}"]
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def detector(trained):
+    return deploy.load(str(trained[1] / "export" / "widget"))
+
+
+def test_deploy_refuses_broken_frames_and_unscaled_values(detector):
+    good = np.full((64, 64, 3), 100, np.uint8)
+    broken = good.astype(np.float32) / 255
+    broken[3, 3, 1] = np.nan
+    for images, words in [(broken, "NaN or Inf"), (good.astype(np.float32), "range over [100, 100]"),
+                          (good.astype(np.uint16), "uint16"), (good.astype(np.int64), "int64"),
+                          (good.tolist(), "int64"), (np.zeros((2, 64, 64, 4), np.uint8), "shaped [2, 64, 64, 4]")]:
+        with pytest.raises(ValueError, match=r"expected|\[0, 1\]") as error:
+            detector.is_anomalous(images, threshold=0.0)
+        assert words in str(error.value)
+    inf = broken.copy()
+    inf[3, 3, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        detector.scores(inf)
+
+
+def test_deploy_accepts_every_documented_layout_alike(detector):
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    gray = rgb[..., 0]
+    as_rgb = detector.scores(np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_allclose(detector.scores(gray), as_rgb, rtol=1e-6)          # [B, H, W]
+    np.testing.assert_allclose(detector.scores(gray[0]), as_rgb[:1], rtol=1e-6)   # [H, W]
+    np.testing.assert_allclose(detector.scores(gray[..., None]), as_rgb, rtol=1e-6)
+    np.testing.assert_allclose(detector.scores(gray[:1]), as_rgb[:1], rtol=1e-6)  # [1, S, S]: one image
+    np.testing.assert_allclose(detector.scores(rgb.astype(np.float32) / 255), detector.scores(rgb),
+                               rtol=1e-5)
+    assert detector.scores(rgb[:0]).shape == (0,) and detector.maps(rgb[:0]).shape == (0, 64, 64)
+    assert detector.is_anomalous(rgb[:0], threshold=1.0).shape == (0,)
+    bigger = np.asarray(Image.fromarray(rgb[0]).resize((96, 80), Image.BILINEAR))
+    assert detector.scores(bigger).shape == (1,)
+    assert detector.scores(bigger.astype(np.float32) / 255).shape == (1,)
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+def _predict(workdir, inputs, output, *extra):
+    return _main("--config=configs/efficientad.py:smoke", f"--workdir={workdir}", "--mode=predict",
+                 f"--input={inputs}", f"--output={output}", *extra)
+
+
+def test_predict_keeps_same_stem_inputs_apart_and_takes_any_file_name(trained, tmp_path):
+    root, reference, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = Image.open(root / "widget" / "test" / "good" / "000.png")
+    image.save(inputs / "a.png")
+    image.save(inputs / "a.jpg", quality=95)
+    latin1 = os.fsdecode(b"caf\xe9.png")  # a Windows share's Latin-1 name: not UTF-8
+    image.save(os.path.join(inputs, latin1))
+    (inputs / "note.txt").write_text("ignored")
+    proc = _predict(reference, inputs, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_jpg.png", "a_png.png", "caf\udce9.png",
+                                                    "scores.csv"]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv", encoding="utf-8")))
+    assert len(rows) == 3 and all(r["score"] for r in rows)
+    assert any(r["path"].endswith("caf\\udce9.png") for r in rows)
+
+
+def test_predict_with_a_truncated_thresholds_file(trained, tmp_path):
+    root, reference, config = trained
+    workdir = _copy(reference, tmp_path)
+    text = (workdir / "thresholds.json").read_text()
+    (workdir / "thresholds.json").write_text(text[: len(text) // 2])
+    inputs = f"{root}/widget/test/good"
+    [line] = _one_line_error(_predict(workdir, inputs, tmp_path / "out"))
+    assert "thresholds.json: unreadable" in line and "run --mode=eval to rebuild it" in line
+    proc = _predict(workdir, inputs, tmp_path / "out", "--threshold=0.5")
+    assert proc.returncode == 0 and "using --threshold=0.5" in proc.stderr
+    kdad_main.run(config, str(workdir), mode="eval")  # eval rebuilds it
+    assert "widget" in json.load(open(workdir / "thresholds.json"))
+    assert _predict(workdir, inputs, tmp_path / "out2").returncode == 0
+
+
+# --- odd files ---------------------------------------------------------------------------------
+
+def test_decompression_bombs_are_skipped_naming_the_file(tmp_path, monkeypatch):
+    Image.fromarray(np.full((60, 60, 3), 9, np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 px is over twice the limit
+    skipped = []
+    images, kept = image_io.read_images([str(tmp_path / "huge.png")], 32, skipped)
+    assert images is None and kept == []
+    assert skipped[0].startswith(f"{tmp_path / 'huge.png'}: unreadable image (over Pillow's "
+                                 f"decompression-bomb limit")
+    source = image_io.FolderSource(str(tmp_path), 16, kind="penalty")
+    with pytest.raises(UserError, match="none of its 1 penalty image file"):
+        source[0]
+
+
+def test_a_float_tiff_in_0_1_reads_at_full_scale(tmp_path):
+    values = np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40)
+    Image.fromarray(values, "F").save(tmp_path / "float.tif")
+    image = image_io.load_rgb(str(tmp_path / "float.tif"), 40)
+    assert image.max() == 255 and image[0, 0, 0] == 0
+    np.testing.assert_allclose(image[..., 0] / 255.0, values, atol=1 / 255)
+
+
+def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
+    upright = np.zeros((30, 50, 3), np.uint8)
+    upright[:, :10] = 255  # white band on the left of the upright picture
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())  # what the camera wrote: 50 x 30
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    image, size = image_io.load_rgb_and_size(str(tmp_path / "phone.jpg"), 50)
+    assert size == (50, 30)
+    assert image[:, :5].mean() > 200 and image[:, 20:].mean() < 50
+
+
+def test_hidden_links_and_subfolders_in_category_folders(tmp_path, capsys):
+    base = build_tree(tmp_path / "data")
+    (base / "test" / "square" / "._000.png").write_bytes(b"\0\x05\x16\x07 AppleDouble")
+    (base / "train" / "good" / "._001.png").write_bytes(b"\0\x05\x16\x07 AppleDouble")
+    os.symlink(tmp_path / "gone.png", base / "train" / "good" / "linked.png")
+    extra = base / "train" / "good" / "more"
+    extra.mkdir()
+    for i in range(3):
+        shutil.copy(base / "train" / "good" / "000.png", extra / f"{i}.png")
+    data = dataset.read_category("mvtec", str(tmp_path / "data"), "widget", 32)
+    assert len(data.train) == 6 and len(data.test) == 4
+    assert data.skipped == [f"{base / 'train' / 'good' / 'linked.png'}: unreadable image (broken "
+                            f"symbolic link to {tmp_path / 'gone.png'})"]
+    err = capsys.readouterr().err
+    assert "ignored 3 image(s) in subfolder(s) more/ (3): only the folder's own files are read" in err
+    assert "._0" not in err
+
+
+def test_all_black_training_images_say_so(tmp_path):
+    base = build_tree(tmp_path / "data")
+    for path in (base / "train" / "good").iterdir():
+        Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(path)
+    with pytest.raises(UserError, match=r"all 6 readable training images are one flat colour \(value 0"):
+        dataset.read_category("mvtec", str(tmp_path / "data"), "widget", 32)
+
+
+def test_penalty_folder_with_only_broken_files_says_how_many(tmp_path):
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"broken")
+    source = image_io.FolderSource(str(tmp_path), 16, kind="penalty")
+    with pytest.raises(UserError) as error:
+        source[1]
+    assert str(error.value) == f"{tmp_path}: none of its 2 penalty image file(s) is readable"
+
+
+def test_a_failing_later_category_keeps_the_finished_ones_results(tmp_path):
+    build_tree(tmp_path / "data", "alpha")
+    broken = build_tree(tmp_path / "data", "beta", seed=1)
+    for path in (broken / "test").rglob("*.png"):
+        path.write_bytes(b"")  # beta: no readable test image
+    config = smoke_config(tmp_path / "data")
+    config.train.steps = 2
+    with pytest.raises(UserError, match="beta: no readable test images"):
+        kdad_main.run(config, str(tmp_path / "w"))
+    results = json.load(open(tmp_path / "w" / "results.json"))
+    assert list(results["per_category"]) == ["alpha"] and results["image_auroc"] is not None
+    assert "no readable test images" in results["failed"]["beta"]
+
+
+def test_checkpoint_module_reports_an_unwritable_checkpoint_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot create the checkpoint folder"):
+        checkpoint.manager(str(blocker / "widget"), 2)
+
+
+def test_file_share_oddities_read_as_images(tmp_path):
+    """Upper-case extensions, spaces and non-ASCII in names, CMYK JPEGs, 1-bit and palette PNGs."""
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "Scan 01 (copy).JPG", quality=100)
+    Image.fromarray(rgb).save(tmp_path / "Prüfteil Nr. 2.PNG")
+    Image.fromarray(rgb[..., 0] > 128).save(tmp_path / "bilevel.png")
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "palette.png")
+    paths = image_io.list_images(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["Prüfteil Nr. 2.PNG", "Scan 01 (copy).JPG",
+                                                    "bilevel.png", "palette.png"]
+    skipped = []
+    images, kept = image_io.read_images(paths, 40, skipped)
+    assert skipped == [] and images.shape == (4, 40, 40, 3)
+    np.testing.assert_array_equal(images[0], rgb)
+    assert np.abs(images[1].astype(int) - rgb).mean() < 8  # CMYK round trip, JPEG
+    assert set(np.unique(images[2])) == {0, 255}
