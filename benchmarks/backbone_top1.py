@@ -41,7 +41,8 @@ def load_sample(folder: str, crop: int = 224):
 
 
 def flax_top1(variant: str, images: np.ndarray, labels: np.ndarray, batch: int = 50) -> float:
-    from kdad_jax import backbones, inference
+    from kdad_jax import inference
+    from kdad_jax.teachers import backbones
 
     backbone = backbones.load(variant, ("logits",))
     apply = inference.jit(lambda x: backbone.module.apply(backbone.variables, x)["logits"])
@@ -65,7 +66,7 @@ def main():
     parser.add_argument("--variant", default="efficientnet_lite0")
     parser.add_argument("--images", default=os.path.join(HERE, "..", "..", "shared", "data", "imagenet_sample_256"))
     args = parser.parse_args()
-    from kdad_jax import backbones
+    from kdad_jax.teachers import backbones
 
     images, labels = load_sample(args.images)
     start = time.perf_counter()

@@ -25,6 +25,8 @@ Options may follow after a comma, e.g. 'demo,size=m'.
 
 import ml_collections
 
+from kdad_jax import config_files
+
 
 def _base():
     c = ml_collections.ConfigDict()
@@ -111,18 +113,9 @@ def _apply_preset(c, preset):
 
 def get_config(arg: str = ""):
     """``arg``: 'PRESET[,key=value...]' with keys size=s|m, category=NAME."""
-    c = _base()
-    parts = [p for p in (arg or "").split(",") if p]
-    presets = [p for p in parts if "=" not in p]
-    for preset in presets or [""]:
-        _apply_preset(c, preset)
-    for key, value in (p.split("=", 1) for p in parts if "=" in p):
-        if key == "size":
-            c.model.size = value
-        elif key == "category":
-            c.data.category = value
-        else:
-            raise ValueError(f"unknown config argument {key!r}")
+    c = config_files.apply_arg(_base(), arg, _apply_preset, {
+        "size": lambda c, value: setattr(c.model, "size", value),
+        "category": config_files.set_category})
     if c.teacher.checkpoint.startswith("builtin:pdn_s") and (c.model.size != "s" or c.model.out_channels != 384):
         c.teacher.checkpoint = ""  # the shipped teacher is a PDN-S with 384 channels
     return c

@@ -20,6 +20,8 @@ and/or a prepared TFDS dataset (``data.tfds_name``), plus scikit-image's photos 
 
 import ml_collections
 
+from kdad_jax import config_files
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -70,43 +72,45 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8
 
-    for preset in [p for p in arg.split(",") if p]:
-        if preset == "lite0":
-            pass
-        elif preset == "wrn101":
-            c.pretrain.backbone = "wide_resnet101_2"
-            c.pretrain.taps = ("layer2", "layer3")
-        elif preset == "m":
-            c.model.size = "m"
-        elif preset == "ship":
-            c.image_size = 256
-            c.pretrain.crop_scale = 0.25
-            c.pretrain.flip_rotate = True
-            c.pretrain.color_jitter = 0.2
-            c.data.skimage_textures = False
-            c.data.holdout_every = 10
-            c.train.steps = 8000
-            c.train.batch_size = 8
-            c.train.learning_rate = 5e-4
-            c.train.lr_drop_fraction = 0.9
-            c.train.checkpoint_every = 100
-            c.pretrain.stats_images = 10000  # all the training photos
-        elif preset == "quick":
-            c.image_size = 256
-            c.train.steps = 40
-            c.train.batch_size = 2
-            c.train.checkpoint_every = 20
-            c.train.log_every = 5
-            c.pretrain.stats_images = 64
-        elif preset == "smoke":
-            c.image_size = 64
-            c.model.out_channels = 16
-            c.train.steps = 3
-            c.train.batch_size = 2
-            c.train.checkpoint_every = 2
-            c.train.log_every = 1
-            c.pretrain.stats_images = 4
-            c.eval.batch_size = 2
-        else:
-            raise ValueError(f"unknown preset {preset!r} (lite0, wrn101, m, ship, quick, smoke)")
-    return c
+    return config_files.apply_arg(c, arg, _apply_preset)
+
+
+def _apply_preset(c, preset: str) -> None:
+    if preset in ("", "lite0"):
+        pass
+    elif preset == "wrn101":
+        c.pretrain.backbone = "wide_resnet101_2"
+        c.pretrain.taps = ("layer2", "layer3")
+    elif preset == "m":
+        c.model.size = "m"
+    elif preset == "ship":
+        c.image_size = 256
+        c.pretrain.crop_scale = 0.25
+        c.pretrain.flip_rotate = True
+        c.pretrain.color_jitter = 0.2
+        c.data.skimage_textures = False
+        c.data.holdout_every = 10
+        c.train.steps = 8000
+        c.train.batch_size = 8
+        c.train.learning_rate = 5e-4
+        c.train.lr_drop_fraction = 0.9
+        c.train.checkpoint_every = 100
+        c.pretrain.stats_images = 10000  # all the training photos
+    elif preset == "quick":
+        c.image_size = 256
+        c.train.steps = 40
+        c.train.batch_size = 2
+        c.train.checkpoint_every = 20
+        c.train.log_every = 5
+        c.pretrain.stats_images = 64
+    elif preset == "smoke":
+        c.image_size = 64
+        c.model.out_channels = 16
+        c.train.steps = 3
+        c.train.batch_size = 2
+        c.train.checkpoint_every = 2
+        c.train.log_every = 1
+        c.pretrain.stats_images = 4
+        c.eval.batch_size = 2
+    else:
+        raise ValueError(f"unknown preset {preset!r} (lite0, wrn101, m, ship, quick, smoke)")

@@ -24,6 +24,8 @@ Options may follow after a comma: 'demo,category=brick,eca=1,relative=1,pair=1'.
 
 import ml_collections
 
+from kdad_jax import config_files
+
 METHOD = "stfpm"
 
 
@@ -35,7 +37,7 @@ def _base():
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.arch = "resnet18"   # teacher and student backbone (resnet18, wide_resnet50_2, ...)
-    # torchvision .pth of teacher.arch, or the msgpack `python -m kdad_jax.convert` wrote.
+    # torchvision .pth of teacher.arch, or the msgpack `python -m kdad_jax.teachers.convert` wrote.
     c.teacher.checkpoint = ""
     # used when no checkpoint is given and its weights ship in an installed package; '' = none.
     c.teacher.fallback = "efficientnet_lite0"
@@ -132,18 +134,15 @@ def configure(c, arg: str, apply_method_defaults=lambda c: None):
     """Presets and 'key=value' options from ``arg`` (shared with configs/eca_mskdad.py)."""
     apply_method_defaults(c)
     c.cpu_preset = f"configs/{c.method}.py:cpu"  # suggested when a run would take hours on a CPU
-    parts = [p for p in (arg or "").split(",") if p]
-    for preset in [p for p in parts if "=" not in p] or [""]:
-        _apply_preset(c, preset)
-    for key, value in (p.split("=", 1) for p in parts if "=" in p):
-        if key == "category":
-            c.data.category = value
-        elif key in _FLAGS:
-            section, name = _FLAGS[key]
-            c[section][name] = value.lower() in ("1", "true", "on", "yes")
-        else:
-            raise ValueError(f"unknown config argument {key!r}")
-    return c
+    options = {key: _flag_setter(section, name) for key, (section, name) in _FLAGS.items()}
+    return config_files.apply_arg(c, arg, _apply_preset,
+                                  {**options, "category": config_files.set_category})
+
+
+def _flag_setter(section: str, name: str):
+    def set_flag(c, value: str):
+        c[section][name] = value.lower() in ("1", "true", "on", "yes")
+    return set_flag
 
 
 def get_config(arg: str = ""):

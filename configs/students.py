@@ -19,6 +19,8 @@ Options may follow after a comma: 'demo,category=brick'.
 
 import ml_collections
 
+from kdad_jax import config_files
+
 
 def _base():
     c = ml_collections.ConfigDict()
@@ -94,13 +96,4 @@ def _apply_preset(c, preset):
 
 
 def get_config(arg: str = ""):
-    c = _base()
-    parts = [p for p in (arg or "").split(",") if p]
-    for preset in [p for p in parts if "=" not in p] or [""]:
-        _apply_preset(c, preset)
-    for key, value in (p.split("=", 1) for p in parts if "=" in p):
-        if key == "category":
-            c.data.category = value
-        else:
-            raise ValueError(f"unknown config argument {key!r}")
-    return c
+    return config_files.apply_arg(_base(), arg, _apply_preset, {"category": config_files.set_category})

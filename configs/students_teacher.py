@@ -15,6 +15,8 @@ ResNet-18 descriptor; patches cut from images resized to 128²; batch 64, Adam 2
 
 import ml_collections
 
+from kdad_jax import config_files
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -61,28 +63,33 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 8
 
-    for part in [p for p in (arg or "").split(",") if p]:
-        if part.startswith("p="):
-            c.pretrain.patch_size = int(part[2:])
-        elif part == "quick":
-            c.train.steps = 60
-            c.train.batch_size = 16
-            c.train.checkpoint_every = 30
-            c.train.log_every = 5
-        elif part == "kd_only":
-            c.pretrain.triplet_weight = 0.0
-            c.pretrain.compactness_weight = 0.0
-        elif part == "smoke":
-            c.image_size = 40
-            c.pretrain.patch_size = 17
-            c.pretrain.dim = 16           # = configs/students.py:smoke
-            c.pretrain.backbone_size = 32
-            c.train.steps = 3
-            c.train.batch_size = 4
-            c.train.checkpoint_every = 2
-            c.train.log_every = 1
-        else:
-            raise ValueError(f"unknown config argument {part!r} (p=17|33|65, quick, kd_only, smoke)")
+    config_files.apply_arg(c, arg, _apply_preset, {"p": _set_patch_size})
     if c.pretrain.patch_size not in (17, 33, 65):
         raise ValueError(f"patch size {c.pretrain.patch_size}: use 17, 33 or 65")
     return c
+
+
+def _set_patch_size(c, value: str) -> None:
+    c.pretrain.patch_size = int(value)
+
+
+def _apply_preset(c, preset: str) -> None:
+    if preset == "quick":
+        c.train.steps = 60
+        c.train.batch_size = 16
+        c.train.checkpoint_every = 30
+        c.train.log_every = 5
+    elif preset == "kd_only":
+        c.pretrain.triplet_weight = 0.0
+        c.pretrain.compactness_weight = 0.0
+    elif preset == "smoke":
+        c.image_size = 40
+        c.pretrain.patch_size = 17
+        c.pretrain.dim = 16           # = configs/students.py:smoke
+        c.pretrain.backbone_size = 32
+        c.train.steps = 3
+        c.train.batch_size = 4
+        c.train.checkpoint_every = 2
+        c.train.log_every = 1
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r} (quick, kd_only, smoke; option p=17|33|65)")

@@ -6,7 +6,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from kdad_jax import inference, metrics, visualize
+from kdad_jax import inference, metrics
+from kdad_jax.report import visualize
 from kdad_jax.data.dataset import Category
 from kdad_jax.methods.base import Method
 

@@ -20,7 +20,7 @@ from absl import logging
 from tqdm import tqdm
 
 from kdad_jax import checkpoint, parallel
-from kdad_jax import logs as logs_module
+from kdad_jax.report import logs as logs_module
 from kdad_jax.data import penalty as penalty_data
 from kdad_jax.data import pipeline
 from kdad_jax.errors import TrainingDiverged, UserError
@@ -249,6 +249,16 @@ def fit_and_validation(config, train_images: np.ndarray, validation_images=None)
     return train_images[fit_idx], train_images[val_idx]
 
 
+def _open_category(config, workdir: str, category: str, method: Method):
+    """What training and loading a category both start from (one restore path): (mesh, frozen
+    teacher, its description, the init RNG, the category's checkpoint manager)."""
+    rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
+    mesh = parallel.make_mesh()
+    frozen, teacher = method.load_frozen(rng_teacher)
+    mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
+    return mesh, frozen, teacher, rng_init, mngr
+
+
 def train_category(config, workdir: str, category: str, method: Method, train_images: np.ndarray,
                    resume_only: bool = False, validation_images=None) -> Trained:
     """Train (or resume, or just load when finished) one category. train_images: [N, H, W, 3] uint8.
@@ -256,10 +266,8 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
     ``resume_only``: do not train; load the latest checkpoint (for --mode=eval).
     ``validation_images``: the dataset's own validation split, if any (see fit_and_validation).
     """
-    rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
-    mesh = parallel.make_mesh()
+    mesh, frozen, teacher, rng_init, mngr = _open_category(config, workdir, category, method)
     config = parallel.resolve_batch_size(config, mesh)
-    frozen, teacher = method.load_frozen(rng_teacher)
     if teacher == "random-init":
         logging.warning("%s: no teacher checkpoint given (config.teacher.checkpoint): using a FROZEN "
                         "RANDOMLY-INITIALIZED teacher; results will be weaker than with a pretrained one",
@@ -267,7 +275,6 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
     fit_images, validation_images = fit_and_validation(config, train_images, validation_images)
     config = with_total_steps(config, len(fit_images))
     tx = make_optimizer(config)
-    mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
     restored = restore(mngr, method, tx, frozen, rng_init, mesh)
     if restored is None:
         if resume_only:
@@ -297,10 +304,7 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
 
 def load_trained(config, workdir: str, category: str, method: Method) -> Trained:
     """The latest calibrated checkpoint of ``category``, without any training data (predict)."""
-    rng_teacher, rng_init = jax.random.split(jax.random.key(config.seed))
-    mesh = parallel.make_mesh()
-    frozen, teacher = method.load_frozen(rng_teacher)
-    mngr = checkpoint.manager(checkpoint_dir(workdir, category), config.train.checkpoint_every)
+    mesh, frozen, teacher, rng_init, mngr = _open_category(config, workdir, category, method)
     restored = restore(mngr, method, make_optimizer(config), frozen, rng_init, mesh)
     mngr.close()
     if restored is None:

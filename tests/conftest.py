@@ -91,3 +91,27 @@ def optional_module(name: str, extra: str):
         if os.environ.get("KDAD_REQUIRE_EXTRAS") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def assert_metrics_from_checkpoint(config, workdir, category, result):
+    """Reload ``category``'s checkpoint, score its test images again and recompute image and
+    pixel AUROC with scikit-learn: they must equal what the run reported in ``result``."""
+    from sklearn.metrics import roc_auc_score
+
+    from kdad_jax import evaluate, train
+    from kdad_jax.data import dataset
+    from kdad_jax.methods import get_method
+    from kdad_jax.run import resolve_dataset
+
+    root, _ = resolve_dataset(config, str(workdir))
+    data = dataset.read_category(config.data.format, root, category, config.image_size)
+    method = get_method(config)
+    trained = train.load_trained(config, str(workdir), category, method)
+    maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                 trained.stats, data.test, config.eval.batch_size)
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    assert result["image_auroc"] == pytest.approx(roc_auc_score(data.test_labels, scores), abs=1e-6)
+    if result.get("pixel_auroc") is not None:
+        with_mask = data.test_has_mask
+        pixel = roc_auc_score(data.test_masks[with_mask].ravel(), maps[with_mask].ravel())
+        assert result["pixel_auroc"] == pytest.approx(pixel, abs=1e-4)

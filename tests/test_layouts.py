@@ -11,7 +11,7 @@ from kdad_jax import main as kdad_main
 from kdad_jax.config_files import load as load_config_file
 from kdad_jax.data import dataset
 from kdad_jax.errors import UserError
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, assert_metrics_from_checkpoint
 
 SIZE = 48
 
@@ -122,6 +122,7 @@ def test_main_job_on_loco_reports_logical_and_structural_auroc(tmp_path):
     assert results["data_format"] == "loco"
     for key in ("image_auroc_logical", "image_auroc_structural", "image_auroc", "au_pro"):
         assert 0.0 <= boxes[key] <= 1.0
+    assert_metrics_from_checkpoint(config, tmp_path / "run", "boxes", boxes)
     assert set(boxes["image_auroc_per_defect"]) == {"logical_anomalies", "structural_anomalies"}
     header = open(tmp_path / "run" / "results.csv").readline().strip().split(",")
     assert header[-2:] == ["image_auroc_logical", "image_auroc_structural"]

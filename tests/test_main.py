@@ -114,7 +114,8 @@ def test_missing_category_is_one_clear_line(tiny_tree, tmp_path):
                                   "students.py", "dskd.py", "mixed.py", "efficientad_teacher.py",
                                   "students_teacher.py"])
 def test_every_config_key_has_help(name):
-    from kdad_jax import config_files, describe
+    from kdad_jax import config_files
+    from kdad_jax.report import describe
     path, _, arg = name.partition(":")
     config_path = str(PROJECT / "configs" / path)
     module = config_files.load(config_path)

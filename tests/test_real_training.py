@@ -19,17 +19,23 @@ def optimized_jit():
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
-def test_short_run_on_real_bottle(bottle_root, imagenet_sample, tmp_path, optimized_jit):
+# Measured with this config (shipped teacher, 64², 200 steps) on a 2-core CPU, ~1 min: image
+# AUROC 0.934, pixel AUROC 0.737, AU-PRO 0.516 (20 steps: 0.622 / 0.577 / 0.396, near chance).
+# The floors sit well above what a broken pipeline gives and leave room for numeric drift.
+BOTTLE_FLOORS = {"image_auroc": 0.85, "pixel_auroc": 0.65, "au_pro": 0.42}
+
+
+def test_short_run_on_real_bottle_detects_defects(bottle_root, imagenet_sample, tmp_path, optimized_jit):
     config = efficientad_config.get_config("demo,category=bottle")
     config.data.root = bottle_root
     config.penalty.root = imagenet_sample
     config.image_size = 64
-    config.train.steps = 20
+    config.train.steps = 200
     results = kdad_main.run(config, str(tmp_path / "bottle"))
     bottle = results["per_category"]["bottle"]
-    assert bottle["train_steps"] == 20 and results["dataset"] == "mvtec_ad_256"
-    for key in ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max"):
-        assert 0.0 <= bottle[key] <= 1.0, key
+    assert bottle["train_steps"] == 200 and results["dataset"] == "mvtec_ad_256"
+    for key, floor in BOTTLE_FLOORS.items():
+        assert bottle[key] >= floor, (key, bottle[key])
 
 
 # Measured with this config on a 2-core CPU: brick image AUROC 0.973, pixel AUROC 0.945

@@ -12,7 +12,7 @@ import pytest
 from kdad_jax import main as kdad_main
 from kdad_jax.methods import get_method, students
 from kdad_jax.models.patch_net import PatchNet, dense_features, extent, patch_at
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, assert_metrics_from_checkpoint
 
 sys.path.insert(0, str(PROJECT / "configs"))
 import students as students_config  # noqa: E402  (configs/ is data, not a package)
@@ -117,6 +117,7 @@ def test_smoke_run_writes_results(tiny_tree, tmp_path):
     assert results["model"]["scales"] == [17, 33] and results["per_category"]["widget"]["train_steps"] == 3
     logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert {"loss", "loss_p17", "loss_p33"} <= set(logged[-1])
+    assert_metrics_from_checkpoint(config, workdir, "widget", results["per_category"]["widget"])
 
 
 def test_missing_teacher_file_is_named(tmp_path):

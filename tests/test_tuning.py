@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdad_jax import pretrain, train
+from kdad_jax import train
+from kdad_jax.teachers import pretrain
 from kdad_jax.data import augment, dataset, synthetic
 from kdad_jax.errors import UserError
 from tests.conftest import build_tree

@@ -7,56 +7,20 @@ files per image are united), unreadable files skipped with a warning and recorde
 ``data/tfds_build.py`` is recognized in the ``mvtec`` format.
 """
 
-import dataclasses
 import os
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 
 from kdad_jax.data import images as image_io
+from kdad_jax.data import loco, mvtec, tfds_source, visa
+from kdad_jax.data.records import Category, Layout, TestItem  # noqa: F401 - the records, re-exported
 from kdad_jax.errors import UserError, warn
 
 FORMATS = ("mvtec", "visa", "loco")
 
 
-class TestItem(NamedTuple):
-    path: str
-    defect: str                           # 'good' for normal images
-    mask_paths: Optional[Tuple[str, ...]]  # () for good images; None: anomalous, no ground truth
-
-
-class Layout(NamedTuple):
-    """What a layout module finds for one category (paths only, nothing read yet)."""
-
-    train: List[str]
-    test: List[TestItem]
-    validation: Optional[List[str]] = None  # the dataset's own validation split (LOCO)
-
-
-@dataclasses.dataclass
-class Category:
-    name: str
-    train: np.ndarray          # [N, S, S, 3] uint8 normal training images
-    test: np.ndarray           # [M, S, S, 3] uint8
-    test_labels: np.ndarray    # [M] int, 1 = anomalous
-    test_masks: np.ndarray     # [M, S, S] bool (all False where there is no ground truth)
-    test_paths: List[str]
-    test_defects: List[str]
-    # [V, S, S, 3] the dataset's own normal validation images; None: hold out
-    # config.data.validation_fraction of ``train`` instead.
-    validation: Optional[np.ndarray] = None
-    # [M] bool: False for anomalous images that have an image-level label only (no mask).
-    test_has_mask: Optional[np.ndarray] = None
-    skipped: List[str] = dataclasses.field(default_factory=list)  # "path: why" per skipped file
-
-    def __post_init__(self):
-        if self.test_has_mask is None:
-            self.test_has_mask = np.ones(len(self.test_labels), bool)
-
-
 def _layout_module(data_format: str):
-    from kdad_jax.data import loco, mvtec, visa  # the layouts import this module
-
     modules = {"mvtec": mvtec, "visa": visa, "loco": loco}
     if data_format not in modules:
         raise UserError(f"config.data.format={data_format!r}: choose one of {', '.join(FORMATS)}")
@@ -94,10 +58,8 @@ def _layout_hint(root: str, data_format: str) -> str:
 
 
 def read_category(data_format: str, root: str, name: str, image_size: int) -> Category:
-    from kdad_jax.data import tfds_build
-
-    if data_format == "mvtec" and tfds_build.is_tfds_root(root):
-        return tfds_build.read_category(root, name, image_size)
+    if data_format == "mvtec" and tfds_source.is_tfds_root(root):
+        return tfds_source.read_category(root, name, image_size)
     layout = _layout_module(data_format).find(root, name)
     return assemble(name, layout, image_size)
 

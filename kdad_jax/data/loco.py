@@ -13,7 +13,7 @@ from typing import List
 
 from kdad_jax.data import images as image_io
 from kdad_jax.data import mvtec
-from kdad_jax.data.dataset import Layout
+from kdad_jax.data.records import Layout
 from kdad_jax.errors import UserError
 
 ANOMALY_TYPES = ("logical_anomalies", "structural_anomalies")

@@ -10,14 +10,14 @@ import os
 from typing import Callable, List
 
 from kdad_jax.data import images as image_io
-from kdad_jax.data import tfds_build
-from kdad_jax.data.dataset import Layout, TestItem
+from kdad_jax.data import tfds_source
+from kdad_jax.data.records import Layout, TestItem
 from kdad_jax.errors import UserError
 
 
 def categories(root: str) -> List[str]:
-    if tfds_build.is_tfds_root(root):
-        return tfds_build.categories(root)
+    if tfds_source.is_tfds_root(root):
+        return tfds_source.categories(root)
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train")))
 
 

@@ -10,7 +10,7 @@ import csv
 import os
 from typing import Dict, List
 
-from kdad_jax.data.dataset import Layout, TestItem
+from kdad_jax.data.records import Layout, TestItem
 from kdad_jax.errors import UserError
 
 SPLIT_CSV = os.path.join("split_csv", "1cls.csv")

@@ -15,6 +15,20 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+def host_mean_std(arrays: Iterable, channels=None, min_variance: float = 0.0):
+    """(mean, std) over every value of ``arrays`` (per channel when ``channels`` is given: the
+    last axis), accumulated in float64 on the host one array at a time, so any number of images
+    fits. Variance is clipped at ``min_variance`` (0: a constant channel gets std 0)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for array in arrays:
+        values = np.asarray(array, np.float64)
+        values = values.reshape(-1, channels) if channels else values.ravel()
+        total, total_sq, count = total + values.sum(0), total_sq + (values * values).sum(0), \
+            count + values.shape[0]
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - mean * mean, min_variance))
+
+
 def imagenet_normalize(images):
     """[B, H, W, 3] in [0, 1] -> ImageNet-normalized, as the torchvision backbones expect."""
     return (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)

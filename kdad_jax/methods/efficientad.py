@@ -6,17 +6,17 @@ regresses the autoencoder. See ``shared/DESIGN.md`` §3 for the facts implemente
 
 import functools
 import math
-import os
 from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import checkpoint, inference, teachers
-from kdad_jax.methods.base import Method, imagenet_normalize
+from kdad_jax import inference
+from kdad_jax.methods.base import Method, host_mean_std, imagenet_normalize
 from kdad_jax.models.autoencoder import AutoEncoder
 from kdad_jax.models.pdn import PDN, feature_shape
+from kdad_jax.teachers import weights
 
 MAP_QUANTILES = (0.9, 0.995)  # mapped to 0 and 0.1
 
@@ -82,10 +82,9 @@ class _Nets:
 def _load_frozen(nets, config, rng):
     dummy = jnp.zeros((1, *nets.image_hw, 3), jnp.float32)
     abstract = jax.eval_shape(nets.teacher.init, rng, dummy)
-    path = teachers.resolve(config.teacher.checkpoint)
-    if path:
-        params = checkpoint.load_params(path, abstract)
-        return {"teacher": params}, os.path.abspath(path)
+    if config.teacher.checkpoint:
+        params, source = weights.load(config.teacher.checkpoint, abstract)
+        return {"teacher": params}, source
     return {"teacher": jax.jit(nets.teacher.init)(rng, dummy)}, "random-init"
 
 
@@ -110,14 +109,7 @@ def _prepare_stats(nets, frozen, batches: Iterable[np.ndarray]):
     Accumulated in float64 on the host, one batch at a time (no limit on the number of images).
     """
     features = inference.jit(functools.partial(_teacher_features, nets))
-    total, total_sq, count = 0.0, 0.0, 0
-    for images in batches:
-        f = np.asarray(features(frozen, images), np.float64).reshape(-1, nets.channels)
-        total = total + f.sum(0)
-        total_sq = total_sq + (f * f).sum(0)
-        count += f.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    mean, std = host_mean_std((features(frozen, images) for images in batches), nets.channels)
     nan = np.float32(np.nan)  # map quantiles are unknown until fit_stats
     return {
         "teacher_mean": jnp.asarray(mean, jnp.float32),

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdad_jax import backbones
+from kdad_jax.teachers import backbones
 from kdad_jax.data.device_augment import crop_at
 from kdad_jax.methods.base import Method, imagenet_normalize
 from kdad_jax.models.patch_net import PatchNet

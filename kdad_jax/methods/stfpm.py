@@ -21,7 +21,7 @@ Map: per-layer 0.5·‖t̂ − ŝ‖² up-sampled (bilinear) to the image, multi
 same map: on unit vectors 1 − cos = 0.5·‖t̂ − ŝ‖², so its λ term only rescales each layer.
 
 Teacher resolution: ``config.teacher.checkpoint`` (a torchvision ``.pth`` or the msgpack
-``kdad_jax.convert`` wrote) of ``config.teacher.arch``; without one, the offline ImageNet backbone
+``kdad_jax.teachers.convert`` wrote) of ``config.teacher.arch``; without one, the offline ImageNet backbone
 ``config.teacher.fallback`` (EfficientNet-Lite0 from its PyPI package) with a student of the same
 architecture; without that either, a random-init ResNet-18 teacher (with a warning).
 """
@@ -32,7 +32,7 @@ from typing import NamedTuple, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from kdad_jax import backbones
+from kdad_jax.teachers import backbones
 from kdad_jax.data import device_augment
 from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method, imagenet_normalize

@@ -27,11 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import checkpoint, inference
-from kdad_jax.errors import UserError
-from kdad_jax.methods.base import Method, imagenet_normalize
+from kdad_jax import inference
 from kdad_jax.data import device_augment
+from kdad_jax.errors import UserError
+from kdad_jax.methods.base import Method, host_mean_std, imagenet_normalize
 from kdad_jax.models.patch_net import PatchNet, dense_features, pad_for_dense
+from kdad_jax.teachers import weights
 
 _NAN = np.float32(np.nan)
 
@@ -93,9 +94,8 @@ def _load_frozen(nets, config, rng):
     for p, key in zip(nets.scales, jax.random.split(rng, len(nets.scales))):
         abstract = jax.eval_shape(nets.nets[p].init, key, _patch_dummy(p))
         if folder:
-            path = teacher_file(folder, p)
-            teachers[scale_key(p)] = checkpoint.load_params(path, abstract)
-            sources.append(os.path.abspath(path))
+            teachers[scale_key(p)], source = weights.load(teacher_file(folder, p), abstract)
+            sources.append(source)
         else:
             teachers[scale_key(p)] = jax.jit(nets.nets[p].init)(key, _patch_dummy(p))
     return {"teachers": teachers}, (",".join(sources) if sources else "random-init")
@@ -110,17 +110,6 @@ def _init(nets, rng, frozen):
     return params, {}
 
 
-def _host_mean_std(values_iter, axis_size=None):
-    """Mean and std over all leading axes, accumulated in float64 on the host."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for values in values_iter:
-        v = np.asarray(values, np.float64)
-        v = v.reshape(-1, axis_size) if axis_size else v.ravel()
-        total, total_sq, count = total + v.sum(0), total_sq + (v * v).sum(0), count + v.shape[0]
-    mean = total / count
-    return mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 1e-12))
-
-
 def _prepare_stats(nets, frozen, batches):
     """Per-channel mean/std of each teacher's dense descriptors over the training images."""
     batches = list(batches)
@@ -128,8 +117,8 @@ def _prepare_stats(nets, frozen, batches):
     for p in nets.scales:
         key = scale_key(p)
         dense = inference.jit(functools.partial(nets.dense, p))
-        mean, std = _host_mean_std((dense(frozen["teachers"][key], b) for b in batches),
-                                   nets.nets[p].dim)
+        mean, std = host_mean_std((dense(frozen["teachers"][key], b) for b in batches),
+                                  nets.nets[p].dim, min_variance=1e-12)
         stats[f"mean_{key}"] = jnp.asarray(mean, jnp.float32)
         stats[f"std_{key}"] = jnp.asarray(std, jnp.float32)
         for name in ("e_mean", "e_std", "v_mean", "v_std"):
@@ -192,7 +181,7 @@ def _fit_stats(nets, params, model_state, frozen, stats, batches):
     for p in nets.scales:
         key = scale_key(p)
         for index, name in ((0, "e"), (1, "v")):
-            mean, std = _host_mean_std(o[key][index] for o in outputs)
+            mean, std = host_mean_std((o[key][index] for o in outputs), min_variance=1e-12)
             stats[f"{name}_mean_{key}"] = jnp.asarray(mean, jnp.float32)
             stats[f"{name}_std_{key}"] = jnp.asarray(std, jnp.float32)
     return stats

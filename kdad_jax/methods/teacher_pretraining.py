@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import backbones, inference
+from kdad_jax import inference
+from kdad_jax.teachers import backbones
 from kdad_jax.errors import UserError
-from kdad_jax.methods.base import Method, imagenet_normalize
+from kdad_jax.methods.base import Method, host_mean_std, imagenet_normalize
 from kdad_jax.models.pdn import PDN
 
 
@@ -75,12 +76,8 @@ def make(config) -> Method:
     def prepare_stats(frozen, batches: Iterable[np.ndarray]):
         """Per-channel mean/std of the raw targets (float64 on the host), first N images."""
         compute = inference.jit(targets)
-        total, total_sq, count = 0.0, 0.0, 0
-        for batch in batches:
-            values = np.asarray(compute(frozen, batch), np.float64).reshape(-1, config.model.out_channels)
-            total, total_sq, count = total + values.sum(0), total_sq + (values ** 2).sum(0), count + len(values)
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+        mean, std = host_mean_std((compute(frozen, batch) for batch in batches),
+                                  config.model.out_channels, min_variance=1e-12)
         return {"target_mean": jnp.asarray(mean, jnp.float32), "target_std": jnp.asarray(std, jnp.float32)}
 
     def loss(params, model_state, frozen, stats, batch, rng):

@@ -1,7 +1,7 @@
 """torchvision ResNets as Flax feature extractors (NHWC): ResNet-18/34/50, Wide-ResNet-50-2/101-2.
 
 Module names follow torchvision's state_dict (``layer1_0.conv1`` ↔ ``layer1.0.conv1``), so
-``kdad_jax.convert`` maps checkpoints by name. Padding is explicit and symmetric as in PyTorch
+``kdad_jax.teachers.convert`` maps checkpoints by name. Padding is explicit and symmetric as in PyTorch
 (a stride-2 3×3 conv pads 1 on both sides, unlike XLA's 'SAME'); the stem's max-pool pads with
 -inf. Returns a dict of the requested taps (``layer1``..``layer4``); stages after the last tap
 are not computed. ``train=False`` uses the BatchNorm running statistics (a frozen teacher);

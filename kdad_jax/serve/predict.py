@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from kdad_jax import evaluate, train, validate, visualize
+from kdad_jax import evaluate, train, validate
+from kdad_jax.report import visualize
 from kdad_jax.data import images as image_io
 from kdad_jax.errors import UserError, warn
 from kdad_jax.workdir import make as make_folder

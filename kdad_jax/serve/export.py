@@ -9,7 +9,7 @@ Writes ``W/export/<category>/``:
                      normalization constants (``stats``: teacher mean/std, map quantiles, ...)
   meta.json          image size, method, platforms, the normalization constants' names and
                      shapes, and the image-score threshold when evaluation chose one
-``kdad_jax.deploy.load`` runs it with JAX alone (no training code, no configs).
+``kdad_jax.serve.deploy.load`` runs it with JAX alone (no training code, no configs).
 """
 
 import json
@@ -22,7 +22,7 @@ import numpy as np
 from jax import export as jax_export
 
 from kdad_jax import parallel
-from kdad_jax.deploy import FUNCTION_FILE, META_FILE, WEIGHTS_FILE  # the reader owns the layout
+from kdad_jax.serve.deploy import FUNCTION_FILE, META_FILE, WEIGHTS_FILE  # the reader owns the layout
 
 
 def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None) -> str:
@@ -44,7 +44,7 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         "format": "kdad_jax export v1",
         "method": method.name,
         "image_size": image_size,
-        "input": "float32 RGB in [0, 1], [B, S, S, 3] (kdad_jax.deploy resizes and scales uint8 images)",
+        "input": "float32 RGB in [0, 1], [B, S, S, 3] (kdad_jax.serve.deploy resizes and scales uint8 images)",
         "output": "anomaly maps [B, S, S]; image score = max over the map",
         "platforms": list(exported.platforms),
         "arguments": list(names),

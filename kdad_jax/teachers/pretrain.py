@@ -24,7 +24,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from kdad_jax import backbones, checkpoint, logs, parallel, train
+from kdad_jax import checkpoint, parallel, train
+from kdad_jax.report import logs
+from kdad_jax.teachers import backbones
 from kdad_jax.data import augment, pipeline
 from kdad_jax.data import images as image_io
 from kdad_jax.data import penalty as photo_sources

@@ -1,0 +1,41 @@
+"""The records a layout module and the dataset reader hand each other (no reading here)."""
+
+import dataclasses
+from typing import List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+
+class TestItem(NamedTuple):
+    path: str
+    defect: str                           # 'good' for normal images
+    mask_paths: Optional[Tuple[str, ...]]  # () for good images; None: anomalous, no ground truth
+
+
+class Layout(NamedTuple):
+    """What a layout module finds for one category (paths only, nothing read yet)."""
+
+    train: List[str]
+    test: List[TestItem]
+    validation: Optional[List[str]] = None  # the dataset's own validation split (LOCO)
+
+
+@dataclasses.dataclass
+class Category:
+    name: str
+    train: np.ndarray          # [N, S, S, 3] uint8 normal training images
+    test: np.ndarray           # [M, S, S, 3] uint8
+    test_labels: np.ndarray    # [M] int, 1 = anomalous
+    test_masks: np.ndarray     # [M, S, S] bool (all False where there is no ground truth)
+    test_paths: List[str]
+    test_defects: List[str]
+    # [V, S, S, 3] the dataset's own normal validation images; None: hold out
+    # config.data.validation_fraction of ``train`` instead.
+    validation: Optional[np.ndarray] = None
+    # [M] bool: False for anomalous images that have an image-level label only (no mask).
+    test_has_mask: Optional[np.ndarray] = None
+    skipped: List[str] = dataclasses.field(default_factory=list)  # "path: why" per skipped file
+
+    def __post_init__(self):
+        if self.test_has_mask is None:
+            self.test_has_mask = np.ones(len(self.test_labels), bool)

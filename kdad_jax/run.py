@@ -1,0 +1,179 @@
+"""The main job: per category read -> train (or resume) -> evaluate -> report / export.
+
+``run(config, workdir, mode)`` is what ``python -m kdad_jax.main`` calls; it can be called from a
+notebook as well. Teacher-pretraining configs (``task = 'pretrain_teacher'``) go to
+``kdad_jax.teachers.pretrain``.
+"""
+
+import json
+import os
+import time
+
+from kdad_jax import evaluate, parallel, train, validate
+from kdad_jax import workdir as workdir_module
+from kdad_jax.data import dataset, embedded
+from kdad_jax.errors import UserError
+from kdad_jax.methods import get_method
+from kdad_jax.report import logs
+from kdad_jax.report import tables as report
+from kdad_jax.serve import export, predict
+from kdad_jax.teachers import backbones, pretrain, shipped
+
+
+def resolve_dataset(config, workdir: str):
+    """(root, dataset name). An empty ``config.data.root`` means the embedded dataset."""
+    if config.data.root:
+        return os.path.abspath(config.data.root), os.path.basename(os.path.normpath(config.data.root))
+    root = os.path.join(workdir, "embedded_data")
+    if parallel.is_writer():  # the others wait, then read it from the shared workdir
+        embedded.ensure(root, seed=0)
+    parallel.barrier("embedded_data")
+    return root, "embedded"
+
+
+def _teacher_digests(teachers):
+    """sha256 of each teacher file (None for a random-init teacher), in ``teachers``' order; a
+    comma-separated entry (one teacher per scale) gets a list."""
+    def digest(entry):
+        files = entry.split(",")
+        digests = [backbones.sha256(f) if os.path.isfile(f) else None for f in files]
+        return digests[0] if len(digests) == 1 else digests
+
+    digests = [digest(t) for t in teachers]
+    return digests[0] if len(digests) == 1 else digests
+
+
+def evaluate_category(config, workdir: str, method, data, trained, writer: bool) -> dict:
+    """Test maps -> metrics (undefined ones null with the reason), decision thresholds; process 0
+    also writes heat maps, curve plots, ``thresholds.json`` and TensorBoard scalars."""
+    maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                 trained.stats, data.test, config.eval.batch_size)
+    result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
+                                      data.test_defects)
+
+    def validation_scores():
+        val_maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                         trained.stats, trained.validation, config.eval.batch_size)
+        return val_maps.reshape(len(val_maps), -1).max(axis=1)
+
+    result["thresholds"] = evaluate.decision_thresholds(result, validation_scores,
+                                                        config.eval.threshold_percentile)
+    if not writer:
+        return result
+    for line in report.unavailable_lines(data.name, result):
+        print(f"note: {line}", flush=True)
+    evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+    if config.eval.plots:
+        report.plot_curves(os.path.join(workdir, "plots", f"{data.name}.png"), data.name, maps,
+                           data.test_labels, data.test_masks, result)
+    predict.save_thresholds(workdir, data.name, result["thresholds"], maps, trained.steps)
+    eval_logs = logs.Logs(workdir)
+    eval_logs.evaluation(data.name, trained.steps,
+                         {k: result[k] for k in evaluate.METRIC_KEYS if result[k] is not None})
+    eval_logs.close()
+    return result
+
+
+def run(config, workdir: str, mode: str = "train") -> dict:
+    """Train and/or evaluate every configured category; writes ``<workdir>/results.json``.
+
+    A teacher-pretraining config (``task = 'pretrain_teacher'``) writes a teacher file instead.
+    When a category fails after others finished, their results are written first (with the
+    failure under ``failed``), then the error is raised."""
+    validate.check(config)
+    if config.get("task") == "pretrain_teacher":
+        if mode != "train":
+            raise UserError("teacher pretraining has only --mode=train")
+        return pretrain.run(config, workdir)
+    start = time.time()
+    writer = parallel.is_writer()  # only process 0 writes files and prints
+    workdir_module.prepare(workdir, config, writer)
+    root, dataset_name = resolve_dataset(config, workdir)
+    builtin = shipped.builtin_name(config.teacher.checkpoint)
+    if builtin and writer:
+        made = shipped.record(builtin)
+        print(f"teacher: built-in {builtin} (distilled here from {made['backbone'].split(' ')[0]}, "
+              f"{made['steps']} steps; see kdad_jax/teachers/{builtin}.json)", flush=True)
+    categories = dataset.list_categories(config.data.format, root, config.data.category)
+    method = get_method(config)
+    if writer and method.info.get("teacher_choice") not in (None, "configured checkpoint"):
+        print(f"teacher: {method.info['teacher_choice']}", flush=True)
+    per_category = {}
+    for name in categories:
+        try:
+            per_category[name] = _run_category(config, workdir, method, root, name, mode, writer)
+        except BaseException as e:
+            if per_category and writer:
+                results = _results(config, method, dataset_name, root, categories, per_category, start)
+                results["failed"] = {name: str(e) or type(e).__name__}
+                _write_results(config, workdir, dataset_name, results, per_category, partial=True)
+            raise
+    results = _results(config, method, dataset_name, root, categories, per_category, start)
+    if writer:
+        _write_results(config, workdir, dataset_name, results, per_category)
+    return results
+
+
+def _run_category(config, workdir, method, root, name, mode, writer) -> dict:
+    """Train (or load), evaluate and (``mode='export'``) export one category; its result dict."""
+    category_start = time.time()
+    data = dataset.read_category(config.data.format, root, name, config.image_size)
+    if writer:
+        print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
+              f"({int(data.test_labels.sum())} anomalous)", flush=True)
+    trained = train.train_category(config, workdir, name, method, data.train,
+                                   resume_only=(mode in ("eval", "export")),
+                                   validation_images=data.validation)
+    result = evaluate_category(config, workdir, method, data, trained, writer)
+    result.update(teacher=trained.teacher, train_steps=trained.steps,
+                  seconds=round(time.time() - category_start, 1))
+    if data.skipped:
+        result["skipped_files"] = data.skipped
+    if mode == "export" and writer:
+        folder = export.export_category(
+            os.path.join(workdir, "export", name), method, trained, config.image_size,
+            {"category": name, "threshold": result["thresholds"]["image_threshold"],
+             "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
+                 k: result[k] for k in evaluate.METRIC_KEYS}})
+        print(f"{name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
+    return result
+
+
+def _results(config, method, dataset_name, root, categories, per_category, start) -> dict:
+    mean = report.mean_over_categories(per_category)
+    teacher_files = sorted({r["teacher"] for r in per_category.values()})
+    return {
+        "method": config.method,
+        "model": method.info,
+        "dataset": dataset_name,
+        "data_format": config.data.format,
+        "data_root": root,
+        "categories": categories,
+        "teacher": teacher_files[0] if len(teacher_files) == 1 else teacher_files,
+        "teacher_sha256": _teacher_digests(teacher_files),
+        "image_size": config.image_size,
+        "train_steps": config.train.steps or None,  # per category below when set by epochs
+        "train_epochs": config.train.get("epochs"),
+        "batch_size": config.train.batch_size,
+        **mean,
+        "per_category": per_category,
+        "seconds": round(time.time() - start, 1),
+        "environment": logs.environment(),
+    }
+
+
+def _write_results(config, workdir, dataset_name, results, per_category, partial=False) -> None:
+    """results.json, the tables and the printed table (process 0)."""
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    mean = {k: results[k] for k in report.mean_over_categories(per_category)}
+    tables = report.write_tables(workdir, per_category, mean,
+                                 f"{config.method} on {dataset_name} ({config.image_size}² images)")
+    print(report.format_table(per_category, mean))
+    if partial:
+        print(f"results of the {len(per_category)} finished categor"
+              f"{'y' if len(per_category) == 1 else 'ies'} written to "
+              f"{os.path.join(workdir, 'results.json')} before the error below", flush=True)
+        return
+    print(f"teacher: {results['teacher']}; results: {os.path.join(workdir, 'results.json')}, "
+          f"{', '.join(os.path.basename(t) for t in tables)}; {results['seconds']:.0f} s")
