@@ -263,3 +263,38 @@ def test_efficientnet_lite0_top1_on_the_imagenet_sample(imagenet_sample):
                                       backbones.packaged_weights("efficientnet_lite0"))
     assert ours == theirs
     assert ours > 0.75
+
+
+# ---------------------------------------------------------------- EfficientAD's autoencoder
+
+def _flax_conv(conv):
+    """torch Conv2d -> our Conv's params ([out, in, kh, kw] -> [kh, kw, in, out])."""
+    return {"kernel": jnp.asarray(conv.weight.detach().numpy().transpose(2, 3, 1, 0)),
+            "bias": jnp.asarray(conv.bias.detach().numpy())}
+
+
+@pytest.mark.parametrize("image", [256, 128])
+def test_autoencoder_matches_a_torch_module_with_the_same_weights(image):
+    """Ours against benchmarks/torch_reference.AutoEncoder (the reference's layout: five k4/s2
+    convs, a k8 bottleneck, six interpolate + k4/p2 conv blocks, two k3 heads), in eval mode."""
+    from kdad_jax.models.autoencoder import AutoEncoder
+    from kdad_jax.models.pdn import feature_size
+
+    torch = _torch()
+    features = feature_size(image)
+    reference = randomize(_torch_reference().AutoEncoder(image, features, 384)).eval()
+    encoder = {f"Conv_{i}": _flax_conv(c) for i, c in enumerate(reference.encoder)}
+    encoder[f"Conv_{len(reference.encoder)}"] = _flax_conv(reference.bottleneck)
+    decoder = {f"Conv_{i}": _flax_conv(c) for i, c in enumerate(reference.decoder)}
+    decoder[f"Conv_{len(reference.decoder)}"] = _flax_conv(reference.head1)
+    decoder[f"Conv_{len(reference.decoder) + 1}"] = _flax_conv(reference.head2)
+    params = {"params": {"Encoder_0": encoder, "Decoder_0": decoder}}
+    model = AutoEncoder((image, image), (features, features), 384)
+    x = np.random.default_rng(image).uniform(size=(2, image, image, 3)).astype(np.float32)
+    expected_shapes = jax.tree_util.tree_map(np.shape, model.init(jax.random.key(0), jnp.asarray(x)))
+    assert jax.tree_util.tree_map(np.shape, params) == expected_shapes
+    ours = model.apply(params, jnp.asarray(x))
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    assert ours.shape == expected.shape == (2, features, features, 384)
+    assert _relative_error(ours, expected) <= TOLERANCE

@@ -9,8 +9,10 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from kdad_jax import main as kdad_main
+from kdad_jax.data import images as image_io
 from kdad_jax.methods.teacher_pretraining import adaptive_pool_matrix, backbone_targets
 from tests.conftest import PROJECT, optional_module
 from tests.test_efficientad import efficientad_config
@@ -102,7 +104,13 @@ def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
     config.data.tfds_data_dir = str(tmp_path / "tfds")
     config.data.include_skimage = False
     source = pretrain.image_source(config)
-    assert len(source) == 5 and source[4].shape == (64, 64, 3) and source[4].dtype == np.uint8
+    rng = np.random.default_rng(0)  # the images _build_tfds_dataset wrote, resized as we read them
+    written = [image_io.resize_rgb(Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)),
+                                   config.image_size) for i in range(5)]
+    read = [source[i] for i in range(len(source))]
+    assert len(read) == 5 and all(r.dtype == np.uint8 for r in read)
+    # TFDS may store examples in another order: each written image is read back exactly once.
+    assert sorted(next(j for j, w in enumerate(written) if np.array_equal(r, w)) for r in read) == [0, 1, 2, 3, 4]
     record = kdad_main.run(config, str(tmp_path / "pre"))
     assert record["steps"] == 3 and np.isfinite(record["final_loss"])
 
