@@ -7,14 +7,15 @@ Writes ``W/export/<category>/``:
                      size symbolic: images [B, S, S, 3] float32 RGB in [0, 1] -> maps [B, S, S]
   weights.msgpack    its arguments: trained params, BatchNorm state, frozen teacher and the
                      normalization constants (``stats``: teacher mean/std, map quantiles, ...)
-  meta.json          image size, method, platforms, the normalization constants' names and
-                     shapes, and the image-score threshold when evaluation chose one
+  meta.json          image size, method, platforms (cpu, cuda and tpu, whatever exported it),
+                     the normalization constants' names and shapes, and the image-score
+                     threshold when evaluation chose one
 ``kdad_jax.serve.deploy.load`` runs it with JAX alone (no training code, no configs).
 """
 
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import flax.serialization
 import jax
@@ -24,15 +25,21 @@ from jax import export as jax_export
 from kdad_jax import parallel
 from kdad_jax.serve.deploy import FUNCTION_FILE, META_FILE, WEIGHTS_FILE  # the reader owns the layout
 
+# jax.export lowers for platforms it is not running on: one artifact made on a laptop runs on a
+# CPU server, a CUDA GPU or a TPU (deploy picks the platform it finds).
+PLATFORMS = ("cpu", "cuda", "tpu")
 
-def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None) -> str:
-    """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``."""
+
+def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None,
+                    platforms: Sequence[str] = PLATFORMS) -> str:
+    """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``, lowered for
+    every platform in ``platforms``."""
     host = parallel.to_host((trained.params, trained.model_state, trained.frozen, trained.stats))
     args = [_plain(a) for a in host]  # the pytree structure deploy gets back from msgpack
     batch = jax_export.symbolic_shape("b")[0]
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
     specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
-    exported = jax_export.export(jax.jit(method.anomaly_map))(*specs, images)
+    exported = jax_export.export(jax.jit(method.anomaly_map), platforms=tuple(platforms))(*specs, images)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, FUNCTION_FILE), "wb") as f:
         f.write(exported.serialize())
