@@ -31,6 +31,9 @@ _SAVE_MAPS = flags.DEFINE_bool("save_maps", False, "predict: also write the raw 
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "host:port of process 0 for a multi-process job started by hand "
     "(SLURM, TPU VMs and Open MPI are detected without it).")
+_EXPECT_PLATFORM = flags.DEFINE_enum(
+    "expect_platform", None, ["cpu", "gpu", "tpu"], "Stop with one line unless JAX's backend is "
+    "this one (the launch scripts set it: a CPU-only jax on a GPU node would otherwise run slowly).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 
@@ -69,6 +72,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; progress has its own bar
     try:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        parallel.check_platform(_EXPECT_PLATFORM.value)
         if _MODE.value == "predict":
             if not _INPUT.value or not _OUTPUT.value:
                 raise app.UsageError("--mode=predict needs --input and --output")

@@ -44,6 +44,22 @@ def _launched_by_cluster() -> bool:
     return env.get("KDAD_DISTRIBUTED") == "1"  # any other launcher JAX knows (e.g. GKE)
 
 
+_INSTALL_HINT = {"gpu": "pip install -e '.[cuda]' (CUDA 12; '.[cuda13]' for CUDA 13)",
+                 "tpu": "pip install -e '.[tpu]'", "cpu": "pip install -e ."}
+
+
+def check_platform(expected: Optional[str]) -> None:
+    """One line when JAX found another backend than the job asked for (e.g. the CPU build of jax
+    on a GPU node: the job would run, hours slower, without a word)."""
+    if not expected:
+        return
+    found = jax.default_backend()
+    if found != expected:
+        raise UserError(f"--expect_platform={expected}: JAX found the {found} backend "
+                        f"({jax.device_count()} {found} device(s)); install the {expected} build: "
+                        f"{_INSTALL_HINT[expected]}")
+
+
 def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                            process_id: Optional[int] = None) -> bool:
     """Join the multi-process job, if this is one. Returns whether ``jax.distributed`` was started.

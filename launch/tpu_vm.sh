@@ -21,6 +21,6 @@ gcloud compute tpus tpu-vm scp --recurse "$here" "$TPU_NAME":~/kdad_jax --zone="
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
   set -e
   cd ~/kdad_jax
-  pip install -q -e . 'jax[tpu]'
-  KDAD_DISTRIBUTED=1 python -m kdad_jax.main --config=$config --workdir=$workdir $*
+  pip install -q -e '.[tpu]'
+  KDAD_DISTRIBUTED=1 python -m kdad_jax.main --config=$config --workdir=$workdir --expect_platform=tpu $*
 "
