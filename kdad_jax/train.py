@@ -6,6 +6,7 @@ method's pre-training statistics, run the jitted step with checkpoints every
 save the final state. A rerun with the same workdir resumes from the latest checkpoint.
 """
 
+import collections
 import dataclasses
 import os
 import time
@@ -130,7 +131,7 @@ class _DurationNote:
     """After a few steps, one line when the rest of the run would take long on a CPU: the
     projected time and the config's CPU preset (``config.cpu_preset``), e.g. for a user who types
     the paper preset (70 000 steps at 256²) on a laptop. Steps after the first (compilation) are
-    timed; ``int(state.step)`` has already synchronized each one."""
+    timed, with the device synchronized (``sync``) where the clock is read."""
 
     FIRST, TIMED = 1, 4          # skip the compiling step, then time this many
     THRESHOLD_S = 3600.0         # say nothing about runs shorter than an hour
@@ -140,14 +141,17 @@ class _DurationNote:
         self.start_step, self.start_time = first_step + self.FIRST, None
         self.done = jax.default_backend() != "cpu" or config.train.steps - first_step <= self.FIRST + self.TIMED
 
-    def after(self, step: int):
-        """Called after each step; returns the line once, when there is one to say."""
+    def after(self, step: int, sync=lambda: None):
+        """Called after each step is dispatched; returns the line once, when there is one to say.
+        ``sync()`` waits for the device (called only where the clock is read)."""
         if self.done:
             return None
         if step == self.start_step:
+            sync()
             self.start_time = time.time()
         if step < self.start_step + self.TIMED or self.start_time is None:
             return None
+        sync()
         self.done = True
         per_step = (time.time() - self.start_time) / self.TIMED
         remaining = per_step * (self.config.train.steps - step)
@@ -181,12 +185,14 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     writer = parallel.is_writer()
     logs = logs_module.Logs(workdir) if writer else None
     start = time.time()
-    bar = tqdm(total=total, initial=int(state.step), desc=name, unit="step", dynamic_ncols=True,
+    first_step = int(state.step)  # the one read of the step counter from the device
+    bar = tqdm(total=total, initial=first_step, desc=name, unit="step", dynamic_ncols=True,
                disable=not writer)
     all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
         [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)])))
-    last_checked = int(state.step)
-    duration_note = _DurationNote(config, name, last_checked)
+    last_checked = first_step
+    duration_note = _DurationNote(config, name, first_step)
+    in_flight = collections.deque()  # the newest steps' losses, to bound how far the host runs ahead
 
     def check_weights(params, step):
         if not bool(parallel.to_host(all_finite(params))):
@@ -194,10 +200,10 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
 
     try:
         with parallel.Preemption() as preemption:
-            for local_batch in batches:
+            for step, local_batch in enumerate(batches, start=first_step + 1):
                 batch = parallel.shard_batch(local_batch, mesh)
                 state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, batch, rng)
-                step = int(state.step)
+                _bound_run_ahead(in_flight, metrics["loss"])
                 preempted = preemption.reached(step)
                 saves = step < total and (step % config.train.checkpoint_every == 0 or preempted)
                 logs_now = step % config.train.log_every == 0 or step == total
@@ -210,7 +216,7 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
                         logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 bar.update(1)
-                note = duration_note.after(step)
+                note = duration_note.after(step, lambda: jax.block_until_ready(metrics["loss"]))
                 if note and writer:
                     bar.write(note)
                 if saves:
@@ -224,6 +230,18 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
         if logs:
             logs.close()
     return state
+
+
+MAX_STEPS_IN_FLIGHT = 2
+
+
+def _bound_run_ahead(in_flight: collections.deque, loss) -> None:
+    """Let the host dispatch up to ``MAX_STEPS_IN_FLIGHT`` steps ahead of the device (so it
+    prepares and copies the next batches while the device computes), never more: each step
+    holds its batch in device memory until it runs."""
+    in_flight.append(loss)
+    if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        in_flight.popleft().block_until_ready()
 
 
 def _diverged(what: str, step: int, last_checked: int, name: str, mngr) -> TrainingDiverged:
