@@ -1,5 +1,5 @@
 """Maps for the test images -> metrics (with the reason when one is undefined), decision
-thresholds and heat-map pictures. Tables and curve plots are in ``report.py``."""
+thresholds and heat-map pictures. Tables and curve plots are in ``report/tables.py``."""
 
 import os
 from typing import Callable, Dict, List, Optional
@@ -7,11 +7,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from kdad_jax import inference, metrics
-from kdad_jax.report import visualize
 from kdad_jax.data.dataset import Category
 from kdad_jax.methods.base import Method
-
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max")
+from kdad_jax.metrics import METRIC_KEYS  # noqa: F401 - re-exported: run.py and tests read it here
+from kdad_jax.report import visualize
 
 
 def predict_maps(method: Method, params, model_state, frozen, stats, images: np.ndarray,

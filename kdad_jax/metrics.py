@@ -13,6 +13,9 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy import ndimage
 
+# The metrics every run reports per category (and their mean), in table order.
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max")
+
 
 def _descending_cumulative(scores: np.ndarray, weights_pos: np.ndarray, weights_neg: np.ndarray):
     """Cumulative positive/negative weights at each distinct threshold, scores high → low.

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from kdad_jax import metrics
-from kdad_jax.evaluate import METRIC_KEYS
+from kdad_jax.metrics import METRIC_KEYS
 
 EXTRA_KEYS = ("image_auroc_logical", "image_auroc_structural")  # LOCO's two anomaly types
 TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO (FPR≤0.3)",
