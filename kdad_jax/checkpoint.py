@@ -27,10 +27,6 @@ _NO_STATS = "no_stats"  # stands in for a method's empty stats dict in a checkpo
 CORRUPT_DIR = "corrupt"  # unreadable step folders are moved here, never deleted
 
 
-class ConfigMismatch(UserError):
-    """The checkpoint was saved by a network with other shapes than the config now makes."""
-
-
 def manager(directory: str, save_every: int, max_to_keep: int = 2) -> ocp.CheckpointManager:
     """Orbax manager; the caller decides when to save (``save_state`` forces every save, so a
     preemption save off the ``save_every`` interval happens at the step it announces)."""
@@ -106,7 +102,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> Optional
                 state=ocp.args.StandardRestore(abstract_state), stats=ocp.args.StandardRestore()))
         except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types on bad files
             if "not compatible with the stored shape" in str(e) or "tree structures" in str(e):
-                raise ConfigMismatch(
+                raise UserError(
                     f"{mngr.directory}: the checkpoint of step {step} holds other shapes than this "
                     f"config makes ({_first_line(e)}); the workdir was trained with another config "
                     f"(see config.json in the workdir): use a new --workdir or its settings") from None

@@ -2,7 +2,7 @@
 
 import importlib.util
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 
 def load(path: str):
@@ -17,6 +17,16 @@ def load(path: str):
 def sibling(config_file: str, name: str):
     """Config ``name``.py from the same folder as ``config_file`` (for configs built on another)."""
     return load(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
+
+
+def flatten(config, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """(dotted key, value) for every leaf of a ConfigDict or nested dict, in order."""
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            yield from flatten(value, path + ".")
+        else:
+            yield path, value
 
 
 def apply_arg(config, arg: str, apply_preset: Callable[[Any, str], None],

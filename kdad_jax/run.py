@@ -166,7 +166,7 @@ def _write_results(config, workdir, dataset_name, results, per_category, partial
     """results.json, the tables and the printed table (process 0)."""
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    mean = {k: results[k] for k in report.mean_over_categories(per_category)}
+    mean = report.mean_over_categories(per_category)
     tables = report.write_tables(workdir, per_category, mean,
                                  f"{config.method} on {dataset_name} ({config.image_size}² images)")
     print(report.format_table(per_category, mean))

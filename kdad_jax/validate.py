@@ -10,6 +10,7 @@ import numbers
 import os
 from typing import Callable, List, Optional, Tuple
 
+from kdad_jax.config_files import flatten
 from kdad_jax.data.dataset import FORMATS
 from kdad_jax.errors import UserError
 
@@ -69,21 +70,12 @@ _RULES = {
 }
 
 
-def _get(config, key: str):
-    node = config
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 _MISSING = object()
 
 
-def _steps_problem(config) -> Optional[str]:
+def _steps_problem(flat) -> Optional[str]:
     """Training length: ``train.epochs`` > 0 when a config counts epochs, else ``train.steps`` ≥ 1."""
-    epochs, steps = _get(config, "train.epochs"), _get(config, "train.steps")
+    epochs, steps = flat.get("train.epochs", _MISSING), flat.get("train.steps", _MISSING)
     if epochs is not _MISSING and epochs:
         if not (_is_number(epochs) and epochs > 0):
             return f"config.train.epochs={epochs!r}: must be a finite number > 0"
@@ -94,9 +86,9 @@ def _steps_problem(config) -> Optional[str]:
     return None
 
 
-def _teacher_problem(config) -> Optional[str]:
+def _teacher_problem(flat) -> Optional[str]:
     """A teacher path that cannot hold weights: missing, or an empty folder."""
-    path = _get(config, "teacher.checkpoint")
+    path = flat.get("teacher.checkpoint", _MISSING)
     if path is _MISSING or not path or str(path).startswith("builtin:"):
         return None
     for item in str(path).split(","):
@@ -110,12 +102,12 @@ def _teacher_problem(config) -> Optional[str]:
 
 def problems(config) -> List[str]:
     """Every bad value in ``config``, one line each (empty when all is well)."""
-    lines = []
+    flat, lines = dict(flatten(config)), []
     for key, (ok, allowed) in _RULES.items():
-        value = _get(config, key)
+        value = flat.get(key, _MISSING)
         if value is not _MISSING and not ok(value):
             lines.append(f"config.{key}={value!r}: must be {allowed}")
-    for extra in (_steps_problem(config), _teacher_problem(config)):
+    for extra in (_steps_problem(flat), _teacher_problem(flat)):
         if extra:
             lines.append(extra)
     return lines

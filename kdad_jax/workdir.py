@@ -10,6 +10,7 @@ import json
 import os
 from typing import Dict, List
 
+from kdad_jax.config_files import flatten
 from kdad_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -17,16 +18,6 @@ CONFIG_FILE = "config.json"
 # (more steps, other eval settings, moved data).
 _TRAINED_WITH = ("method", "image_size", "model", "student", "students", "dskd", "mixed",
                  "teacher.arch", "teacher.taps")
-
-
-def _flat(tree: Dict, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _trained_with(flat: Dict[str, object]) -> Dict[str, object]:
@@ -37,8 +28,8 @@ def _trained_with(flat: Dict[str, object]) -> Dict[str, object]:
 def config_changes(previous: Dict, config) -> List[str]:
     """'key: old -> new' for each checkpoint-defining key that differs (lists compare as tuples)."""
     norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 - JSON has lists
-    old = _trained_with(_flat(previous))
-    new = _trained_with(_flat(json.loads(config.to_json())))
+    old = _trained_with(dict(flatten(previous)))
+    new = _trained_with(dict(flatten(json.loads(config.to_json()))))
     return [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
             if norm(old.get(k)) != norm(new.get(k))]
 

@@ -47,21 +47,20 @@ def list_images(folder: str, recursive: bool = False, report_others: bool = Fals
     else:
         found = [os.path.join(folder, f) for f in os.listdir(folder) if not _is_hidden(f)]
     dangling = [p for p in found if os.path.islink(p) and not os.path.exists(p)]
+    subfolders = [p for p in found if os.path.isdir(p)]
     found = [p for p in found if os.path.isfile(p)]
     if report_others:
         others = sorted(os.path.basename(p) for p in found if not _is_image_name(p))
         if others:
             warn(f"{folder}: ignored {len(others)} non-image file(s): {', '.join(others[:3])}"
                  f"{', ...' if len(others) > 3 else ''}")
-        if not recursive:
-            _report_subfolder_images(folder)
+        _report_subfolder_images(folder, subfolders)
     return sorted(p for p in found + dangling if _is_image_name(p))
 
 
-def _report_subfolder_images(folder: str) -> None:
-    subfolders = sorted(d for d in os.listdir(folder)
-                        if not _is_hidden(d) and os.path.isdir(os.path.join(folder, d)))
-    counts = {d: sum(_is_image_name(p) for p in _walk(os.path.join(folder, d))) for d in subfolders}
+def _report_subfolder_images(folder: str, subfolders: List[str]) -> None:
+    """One warning counting the images under ``subfolders``, which a non-recursive listing skips."""
+    counts = {os.path.basename(d): sum(_is_image_name(p) for p in _walk(d)) for d in sorted(subfolders)}
     counts = {d: n for d, n in counts.items() if n}
     if counts:
         listed = ", ".join(f"{d}/ ({n})" for d, n in list(counts.items())[:3])

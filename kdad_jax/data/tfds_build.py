@@ -37,8 +37,7 @@ def _examples(category_root: str, split: str, size: int):
         if not os.path.isdir(folder) or (split == "train" and defect != "good"):
             continue
         for path in image_io.list_images(folder):
-            with Image.open(path) as opened:
-                rgb = image_io.to_rgb(opened)
+            rgb = image_io.to_rgb(image_io.open_image(path))  # as the folder reader: EXIF upright
             width, height = rgb.size
             if defect == "good":
                 mask = Image.new("L", (width, height), 0)
@@ -47,8 +46,8 @@ def _examples(category_root: str, split: str, size: int):
                 mask_path = os.path.join(category_root, "ground_truth", defect, f"{stem}_mask.png")
                 if not os.path.isfile(mask_path):
                     raise UserError(f"{mask_path}: ground-truth mask missing for {path}")
-                with Image.open(mask_path) as opened:
-                    mask = Image.fromarray((image_io.mask_values(opened) > 0).astype(np.uint8) * 255)
+                mask = Image.fromarray((image_io.mask_values(image_io.open_image(mask_path)) > 0)
+                                       .astype(np.uint8) * 255)
                 if mask.size != (width, height):
                     raise UserError(f"{mask_path}: mask size {mask.size} differs from its image's")
             if size:

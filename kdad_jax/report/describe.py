@@ -10,6 +10,8 @@ import os
 import re
 from typing import Dict
 
+from kdad_jax.config_files import flatten
+
 COMMON_HELP = {
     "method": "which method's pure functions train and score (kdad_jax/methods/)",
     "task": "pretrain_teacher: this config distills a teacher file instead of training a detector",
@@ -73,18 +75,9 @@ def help_from_sources(config_path: str) -> Dict[str, str]:
     return found
 
 
-def _flatten(config, prefix=""):
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if hasattr(value, "items"):
-            yield from _flatten(value, path + ".")
-        else:
-            yield path, value
-
-
 def describe(config, config_path: str) -> str:
     helps = {**COMMON_HELP, **help_from_sources(config_path)}
-    rows = [(path, repr(value), helps.get(path, "")) for path, value in _flatten(config)]
+    rows = [(path, repr(value), helps.get(path, "")) for path, value in flatten(config)]
     width = max(len(f"{p} = {v}") for p, v, _ in rows)
     lines = [f"# {config_path} (override any key with --config.KEY=VALUE)"]
     for path, value, text in rows:

@@ -93,17 +93,19 @@ def _as_rgb_batch(array: np.ndarray) -> np.ndarray:
 
 def _resize(batch: np.ndarray, size: int) -> np.ndarray:
     """[B, H, W, 3] uint8 or float -> [B, size, size, 3] float32 in [0, 1], bilinear."""
-    if batch.dtype == np.uint8:
-        if batch.shape[1:3] != (size, size):
-            batch = np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BILINEAR))
-                              for i in batch]) if len(batch) else np.zeros((0, size, size, 3), np.uint8)
-        return batch.astype(np.float32) / 255.0
-    batch = batch.astype(np.float32)
+    if not len(batch):
+        return np.zeros((0, size, size, 3), np.float32)
     if batch.shape[1:3] != (size, size):
-        batch = np.stack([np.stack([np.asarray(Image.fromarray(image[..., c], "F").resize(
-            (size, size), Image.BILINEAR)) for c in range(3)], axis=-1) for image in batch]
-        ) if len(batch) else np.zeros((0, size, size, 3), np.float32)
-    return np.clip(batch, 0.0, 1.0)
+        if batch.dtype == np.uint8:
+            batch = np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BILINEAR))
+                              for i in batch])
+        else:  # PIL resizes 32-bit float images one channel at a time
+            batch = np.stack([np.stack([np.asarray(Image.fromarray(image[..., c].astype(np.float32), "F")
+                                                   .resize((size, size), Image.BILINEAR)) for c in range(3)],
+                                       axis=-1) for image in batch])
+    if batch.dtype == np.uint8:
+        return batch.astype(np.float32) / 255.0
+    return np.clip(batch.astype(np.float32), 0.0, 1.0)
 
 
 def load(folder: str) -> Detector:
