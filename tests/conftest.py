@@ -94,8 +94,9 @@ def optional_module(name: str, extra: str):
 
 
 def assert_metrics_from_checkpoint(config, workdir, category, result):
-    """Reload ``category``'s checkpoint, score its test images again and recompute image and
-    pixel AUROC with scikit-learn: they must equal what the run reported in ``result``."""
+    """Reload ``category``'s checkpoint, score its test images again and recompute image, pixel
+    and per-defect image AUROC with scikit-learn: they must equal what the run reported in
+    ``result``."""
     from sklearn.metrics import roc_auc_score
 
     from kdad_jax import evaluate, train
@@ -111,6 +112,17 @@ def assert_metrics_from_checkpoint(config, workdir, category, result):
                                  trained.stats, data.test, config.eval.batch_size)
     scores = maps.reshape(len(maps), -1).max(axis=1)
     assert result["image_auroc"] == pytest.approx(roc_auc_score(data.test_labels, scores), abs=1e-6)
+    defects = np.asarray(data.test_defects)
+    good = data.test_labels == 0
+    for defect, reported in result.get("image_auroc_per_defect", {}).items():
+        chosen = good | (defects == defect)  # good images vs this defect type only
+        assert reported == pytest.approx(
+            roc_auc_score(data.test_labels[chosen], scores[chosen]), abs=1e-6), defect
+    for kind in ("logical", "structural"):
+        if f"image_auroc_{kind}" in result:
+            chosen = good | (defects == f"{kind}_anomalies")
+            assert result[f"image_auroc_{kind}"] == pytest.approx(
+                roc_auc_score(data.test_labels[chosen], scores[chosen]), abs=1e-6), kind
     if result.get("pixel_auroc") is not None:
         with_mask = data.test_has_mask
         pixel = roc_auc_score(data.test_masks[with_mask].ravel(), maps[with_mask].ravel())

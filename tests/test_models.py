@@ -90,3 +90,28 @@ def test_conv_gradients_equal_lax(shape):
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[0]).max()))
     for a, r in zip(ours[1](g), ref[1](g)):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8, 5), (3, 5, 7, 4)])
+def test_batch_norm_is_torchs_in_training_and_evaluation(shape):
+    """Outputs and running statistics equal torch.nn.BatchNorm2d's after three training passes
+    (torch moves the running variance towards the unbiased batch variance; Flax's BatchNorm
+    towards the biased one), then in evaluation mode."""
+    from kdad_jax.models.batch_norm import TorchBatchNorm
+    from tests.conftest import optional_module
+    torch = optional_module("torch", "convert")
+    rng = np.random.default_rng(0)
+    reference, module = torch.nn.BatchNorm2d(shape[-1]), TorchBatchNorm(momentum=0.9)
+    variables = module.init(jax.random.key(0), jnp.zeros(shape), use_running_average=False)
+    for _ in range(3):
+        x = (rng.normal(size=shape) * 3 + 1).astype(np.float32)
+        expected = reference.train()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        ours, updated = module.apply(variables, x, use_running_average=False,
+                                     mutable=["batch_stats"])
+        variables = {**variables, **updated}
+        np.testing.assert_allclose(ours, expected.detach().numpy(), atol=2e-6)
+    np.testing.assert_allclose(variables["batch_stats"]["var"], reference.running_var, rtol=1e-6)
+    np.testing.assert_allclose(variables["batch_stats"]["mean"], reference.running_mean, atol=1e-7)
+    expected = reference.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(module.apply(variables, x, use_running_average=True),
+                               expected.detach().numpy(), atol=2e-6)

@@ -70,13 +70,21 @@ def test_eca_placement_patterns_and_efficientnet():
 
 
 def test_student_trains_batch_statistics():
+    """A training-mode pass updates the running statistics as torch's BatchNorm does: momentum 0.1
+    on the batch mean and on the *unbiased* batch variance (n / (n - 1)), from running 0 and 1."""
     module = resnet.ResNet("resnet18", ("layer1",))
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     variables = module.init(jax.random.key(0), x)
     _, updated = module.apply(variables, x, train=True, mutable=["batch_stats"])
-    before = variables["batch_stats"]["bn1"]["mean"]
-    after = updated["batch_stats"]["bn1"]["mean"]
-    assert not np.allclose(before, after)
+    kernel = np.asarray(variables["params"]["conv1"]["kernel"], np.float64)  # [7, 7, 3, 64]
+    stem = jax.lax.conv_general_dilated(  # the stem conv, 7×7 / 2, pad 3, by lax directly
+        jnp.asarray(x), jnp.asarray(kernel, jnp.float32), (2, 2), ((3, 3), (3, 3)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    stem = np.asarray(stem, np.float64).reshape(-1, kernel.shape[-1])
+    n = len(stem)
+    stats = updated["batch_stats"]["bn1"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * stem.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * stem.var(0) * n / (n - 1), rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- losses, maps

@@ -7,18 +7,20 @@ per tap. The students interact only through the embedding: B's loss trains A's f
 it, and B can only reproduce what A's features encode.
 """
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdad_jax.models.batch_norm import TorchBatchNorm
 from kdad_jax.models.conv import Conv
 
 
 def _bn(train: bool, name: str):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        use_fast_variance=False, name=name)
+    return functools.partial(TorchBatchNorm(momentum=0.9, epsilon=1e-5, name=name),
+                             use_running_average=not train)
 
 
 def resize_to(x, hw):

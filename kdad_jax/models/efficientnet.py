@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdad_jax.models import eca
+from kdad_jax.models.batch_norm import TorchBatchNorm
 from kdad_jax.models.conv import Conv
 
 
@@ -88,8 +89,7 @@ def same_padding(size: int, kernel: int, stride: int) -> Tuple[Tuple[int, int], 
 
 def _norm(module: nn.Module, x, name: str, train: bool, prefix: str = ""):
     """BatchNorm (the reference's momentum 0.01 = Flax 0.99), then ECA where asked."""
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=_EPSILON,
-                     use_fast_variance=False, name=name)(x)
+    x = TorchBatchNorm(momentum=0.99, epsilon=_EPSILON, name=name)(x, use_running_average=not train)
     if eca.wanted(f"{prefix}{name}", module.eca_after):
         x = eca.ECA(name=f"eca_{name}")(x)
     return x

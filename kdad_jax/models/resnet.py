@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdad_jax.models import eca
+from kdad_jax.models.batch_norm import TorchBatchNorm
 from kdad_jax.models.conv import Conv
 
 # name -> (block kind, blocks per stage, bottleneck width multiplier)
@@ -38,11 +39,7 @@ def stage_channels(arch: str) -> Dict[str, int]:
 
 def _norm(module: nn.Module, x, name: str, train: bool, prefix: str = ""):
     """torchvision's BatchNorm (momentum 0.1 = Flax 0.9), then ECA where ``module.eca_after`` says."""
-    # Two-pass variance (as torch): E[x²] − E[x]² loses digits to cancellation in float32, and
-    # by an amount that depends on the reduction order (seen as 1 % gradient differences between
-    # 1 and 8 devices).
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, name=name)(x)
+    x = TorchBatchNorm(momentum=0.9, epsilon=1e-5, name=name)(x, use_running_average=not train)
     path = f"{prefix}{name}" if prefix else name
     if eca.wanted(path, module.eca_after):
         x = eca.ECA(name=f"eca_{name}")(x)
