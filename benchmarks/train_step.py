@@ -39,12 +39,13 @@ def jax_case(size, batch, image_size, repeats):
     batch_arrays = parallel.shard_batch({k: setup.rng.uniform(size=setup.images.shape).astype("float32")
                                          for k in common.batch_keys(size)}, mesh)
     start = time.perf_counter()
-    compiled = train.make_train_step(method, tx, mesh).lower(state, frozen, stats, batch_arrays, key).compile()
+    compiled = train.make_train_step(method, tx, mesh).lower(state, frozen, stats, (), batch_arrays,
+                                                              key).compile()
     compile_s = time.perf_counter() - start
     holder = [state]
 
     def step():
-        holder[0], metrics = compiled(holder[0], frozen, stats, batch_arrays, key)
+        holder[0], metrics = compiled(holder[0], frozen, stats, (), batch_arrays, key)
         jax.block_until_ready(metrics)
 
     seconds = common.median_time(step, repeats)

@@ -52,6 +52,7 @@ def _base():
     c.data.category = "all"       # one name, a comma-separated list, or 'all'
     c.data.validation_fraction = 0.1  # held out of train/good for map quantiles
     c.data.num_threads = 2        # grain read threads
+    c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
 
     c.penalty = ml_collections.ConfigDict()
     c.penalty.root = ""           # folder of pretraining (ImageNet) images; '' = scikit-image photos

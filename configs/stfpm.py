@@ -77,6 +77,7 @@ def _base():
     c.data.category = "all"
     c.data.validation_fraction = 0.1
     c.data.num_threads = 2
+    c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
 
     c.train = ml_collections.ConfigDict()
     c.train.optimizer = "sgd"

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from kdad_jax import checkpoint, parallel
 from kdad_jax.report import logs as logs_module
 from kdad_jax.data import penalty as penalty_data
-from kdad_jax.data import pipeline
+from kdad_jax.data import pipeline, resident
 from kdad_jax.errors import TrainingDiverged, UserError
 from kdad_jax.methods.base import Method
 
@@ -86,12 +86,17 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.piecewise_constant_schedule(config.train.learning_rate, {drop_at: 0.1})
 
 
-def make_train_step(method: Method, tx: optax.GradientTransformation, mesh):
-    """Pure step: (state, frozen, stats, batch, rng) -> (state, metrics). Frozen stays an argument.
+def make_train_step(method: Method, tx: optax.GradientTransformation, mesh,
+                    augment: Optional[resident.Augment] = None):
+    """Pure step: (state, frozen, stats, data, batch, rng) -> (state, metrics). Frozen stays an
+    argument. With ``augment``, ``data`` is the device-resident training data
+    (``resident.Resident``) and ``batch`` holds indices into it; else ``data`` is ``()``.
 
     Jitted with the mesh's shardings: batch split over ``data``, everything else replicated."""
 
-    def step(state, frozen, stats, batch, rng):
+    def step(state, frozen, stats, data, batch, rng):
+        if augment is not None:
+            batch = resident.materialize(data, batch, augment)
         rng = jax.random.fold_in(rng, state.step)
         grad_fn = jax.value_and_grad(method.loss, has_aux=True)
         (loss, (aux, model_state)), grads = grad_fn(state.params, state.model_state, frozen, stats,
@@ -101,7 +106,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, mesh):
         return TrainState(state.step + 1, params, opt_state, model_state), {"loss": loss, **aux}
 
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated, replicated, replicated, batch, replicated),
+    return jax.jit(step, in_shardings=(replicated,) * 4 + (batch, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
@@ -123,8 +128,20 @@ def _fit(config, workdir, category, method, tx, state, frozen, stats, train_imag
     penalty = None  # pretraining images only for methods that penalize them (EfficientAD)
     if "penalty" in config:
         penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
-    batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
-    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr, mesh)
+    budget = int(config.data.get("device_data_mb", 0) * 2 ** 20)
+    if not 0 < train_images.nbytes <= budget:
+        batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
+        return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches,
+                         mngr, mesh)
+    penalty_images = resident.penalty_array(penalty, budget - train_images.nbytes)
+    data = resident.Resident(train_images, penalty_images, jax.random.key(config.seed + 2))
+    augment = resident.Augment(config.train.get("color_jitter"), penalty is not None,
+                               config.penalty.grayscale_prob if penalty is not None else 0.0)
+    batches = pipeline.index_batches(len(train_images), 0 if penalty_images is None else len(penalty_images),
+                                     penalty if penalty_images is None else None, config,
+                                     int(state.step))
+    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr,
+                     mesh, device_data=(data, augment))
 
 
 class _DurationNote:
@@ -168,7 +185,8 @@ def _duration(seconds: float) -> str:
     return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
 
 
-def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr, mesh):
+def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr, mesh,
+              device_data=None):
     """The loop every training job shares: jitted steps over ``batches`` (this process's slices,
     starting at ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
     ``config.train.log_every`` steps, checkpoints every ``config.train.checkpoint_every`` and on
@@ -176,10 +194,14 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
     at every logged step and the weights before every save and at the end: NaN or Inf raises
     ``TrainingDiverged`` and nothing is saved after it (host syncs only at those steps).
 
+    ``device_data``: (``resident.Resident`` of host arrays, ``resident.Augment``) when
+    ``batches`` are indices into training images kept on the device (copied there once here).
+
     Returns the state replicated on ``mesh``."""
-    step_fn = make_train_step(method, tx, mesh)
+    data, augment = device_data if device_data is not None else ((), None)
+    step_fn = make_train_step(method, tx, mesh, augment)
     schedule_lr = learning_rate_schedule(config)
-    state, frozen_on_mesh, stats_on_mesh = parallel.replicate((state, frozen, stats), mesh)
+    state, frozen_on_mesh, stats_on_mesh, data = parallel.replicate((state, frozen, stats, data), mesh)
     rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
     total = config.train.steps
     writer = parallel.is_writer()
@@ -202,7 +224,7 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
         with parallel.Preemption() as preemption:
             for step, local_batch in enumerate(batches, start=first_step + 1):
                 batch = parallel.shard_batch(local_batch, mesh)
-                state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, batch, rng)
+                state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, data, batch, rng)
                 _bound_run_ahead(in_flight, metrics["loss"])
                 preempted = preemption.reached(step)
                 saves = step < total and (step % config.train.checkpoint_every == 0 or preempted)

@@ -19,7 +19,11 @@ def color_jitter_one(image: np.ndarray, rng: np.random.Generator, strength: floa
     Same blends as torchvision's functional adjust_* ops.
     """
     factor = rng.uniform(1.0 - strength, 1.0 + strength)
-    kind = rng.integers(3)
+    return color_jitter_with(image, factor, int(rng.integers(3)))
+
+
+def color_jitter_with(image: np.ndarray, factor: float, kind: int) -> np.ndarray:
+    """Brightness (kind 0), contrast (1) or saturation (2) with ``factor``."""
     if kind == 0:
         return _blend(image, np.zeros_like(image), factor)
     gray = grayscale(image)[..., None]

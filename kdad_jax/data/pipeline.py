@@ -72,6 +72,39 @@ def training_batches(train_images: np.ndarray, penalty, config, start_step: int)
     return process_batches(dataset, config, start_step)
 
 
+class _Indices:
+    """Element k of the device-resident stream: which training image and which penalty image
+    the host stream would have used at k (the same grain shuffles as ``_Sources``), and k itself
+    (the step's augmentation keys fold from it). Penalty images not on the device come as uint8."""
+
+    def __init__(self, num_images, penalty_count, penalty_source, seed):
+        self.images = grain.MapDataset.range(num_images).shuffle(seed).repeat()
+        self.penalty = self.penalty_source = None
+        if penalty_count:
+            self.penalty = grain.MapDataset.range(penalty_count).shuffle(seed + 1).repeat()
+        elif penalty_source is not None:
+            self.penalty_source = grain.MapDataset.source(penalty_source).shuffle(seed + 1).repeat()
+
+    def __call__(self, index):
+        out = {"element": np.int32(index), "image_index": np.int32(self.images[index])}
+        if self.penalty is not None:
+            out["penalty_index"] = np.int32(self.penalty[index])
+        elif self.penalty_source is not None:
+            out["penalty"] = np.asarray(self.penalty_source[index], np.uint8)
+        return out
+
+
+def index_batches(num_images: int, penalty_count: int, penalty_source, config,
+                  start_step: int) -> Iterator[dict]:
+    """Batches of indices for training images kept on the device (``data/resident.py``):
+    [B] int32 'element', 'image_index' and 'penalty_index' (penalty images on the device) or
+    [B, H, W, 3] uint8 'penalty' (``penalty_source`` read here), for steps ``start_step ..``.
+    Element numbers stay below 2³¹: the stream is 2³¹ − 1 elements long."""
+    elements = grain.MapDataset.range(2 ** 31 - 1).map(
+        _Indices(num_images, penalty_count, penalty_source, config.seed))
+    return process_batches(elements, config, start_step)
+
+
 def process_batches(elements: grain.MapDataset, config, start_step: int) -> Iterator[dict]:
     """This process's slices of the global batches for steps ``start_step .. train.steps - 1``.
 

@@ -23,6 +23,9 @@ COMMON_HELP = {
     "data.validation_fraction": "share of train/good held out for validation (map calibration, "
                                 "fallback threshold) when the dataset has no validation split",
     "data.num_threads": "grain read threads",
+    "data.device_data_mb": "training (and penalty) images kept in device memory up to this many MB: "
+                           "the host sends indices, the step gathers and augments; 0 = the host "
+                           "prepares every batch",
     "train.steps": "optimizer steps (per category for detectors; 0 = from train.epochs)",
     "train.epochs": "passes over the training images (sets train.steps when > 0)",
     "train.learning_rate": "peak learning rate",
