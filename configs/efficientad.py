@@ -63,6 +63,7 @@ def _base():
     c.loss.penalty_weight = 1.0   # weight of the student-output penalty on pretraining images
 
     c.train = ml_collections.ConfigDict()
+    c.train.parallel_categories = 1  # categories trained at once as one program (vmap)
     c.train.steps = 70_000
     c.train.batch_size = 1  # GLOBAL batch (all devices together)
     c.train.per_device_batch_size = 0  # > 0: global batch = this × devices (overrides batch_size)

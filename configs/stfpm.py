@@ -80,6 +80,7 @@ def _base():
     c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
 
     c.train = ml_collections.ConfigDict()
+    c.train.parallel_categories = 1  # categories trained at once as one program (vmap)
     c.train.optimizer = "sgd"
     c.train.learning_rate = 0.4
     c.train.momentum = 0.9

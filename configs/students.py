@@ -47,6 +47,7 @@ def _base():
     c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
 
     c.train = ml_collections.ConfigDict()
+    c.train.parallel_categories = 1  # categories trained at once as one program (vmap)
     c.train.optimizer = "adam"
     c.train.learning_rate = 1e-4
     c.train.weight_decay = 1e-5

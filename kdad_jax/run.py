@@ -99,13 +99,14 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     if writer and method.info.get("teacher_choice") not in (None, "configured checkpoint"):
         print(f"teacher: {method.info['teacher_choice']}", flush=True)
     per_category = {}
-    for name in categories:
+    together = config.train.get("parallel_categories", 1) if mode == "train" else 1
+    for group in [categories[i:i + together] for i in range(0, len(categories), together)]:
         try:
-            per_category[name] = _run_category(config, workdir, method, root, name, mode, writer)
+            per_category.update(_run_group(config, workdir, method, root, group, mode, writer))
         except BaseException as e:
             if per_category and writer:
                 results = _results(config, method, dataset_name, root, categories, per_category, start)
-                results["failed"] = {name: str(e) or type(e).__name__}
+                results["failed"] = {", ".join(group): str(e) or type(e).__name__}
                 _write_results(config, workdir, dataset_name, results, per_category, partial=True)
             raise
     results = _results(config, method, dataset_name, root, categories, per_category, start)
@@ -114,28 +115,49 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     return results
 
 
-def _run_category(config, workdir, method, root, name, mode, writer) -> dict:
-    """Train (or load), evaluate and (``mode='export'``) export one category; its result dict."""
-    category_start = time.time()
+def _read_category(config, root, name, writer):
     data = dataset.read_category(config.data.format, root, name, config.image_size)
     if writer:
         print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
               f"({int(data.test_labels.sum())} anomalous)", flush=True)
-    trained = train.train_category(config, workdir, name, method, data.train,
-                                   resume_only=(mode in ("eval", "export")),
-                                   validation_images=data.validation)
+    return data
+
+
+def _run_group(config, workdir, method, root, names, mode, writer) -> dict:
+    """Train (or load), evaluate and (``mode='export'``) export categories; {name: result}.
+    More than one name: trained as one program (``config.train.parallel_categories``)."""
+    start = time.time()
+    datas = [_read_category(config, root, name, writer) for name in names]
+    if len(names) == 1:
+        trained = {names[0]: train.train_category(config, workdir, names[0], method, datas[0].train,
+                                                  resume_only=(mode in ("eval", "export")),
+                                                  validation_images=datas[0].validation)}
+    else:
+        trained = train.train_categories(config, workdir, names, method,
+                                         [d.train for d in datas], [d.validation for d in datas])
+    results = {}
+    for name, data in zip(names, datas):
+        results[name] = _evaluate_and_export(config, workdir, method, data, trained[name], mode,
+                                             writer)
+        results[name]["seconds"] = round(time.time() - start, 1)
+        if len(names) > 1:
+            results[name]["trained_with"] = [n for n in names if n != name]
+    return results
+
+
+def _evaluate_and_export(config, workdir, method, data, trained, mode, writer) -> dict:
+    """Evaluate one trained category and (``mode='export'``) export it; its result dict."""
     result = evaluate_category(config, workdir, method, data, trained, writer)
-    result.update(teacher=trained.teacher, train_steps=trained.steps,
-                  seconds=round(time.time() - category_start, 1))
+    result.update(teacher=trained.teacher, train_steps=trained.steps)
     if data.skipped:
         result["skipped_files"] = data.skipped
     if mode == "export" and writer:
         folder = export.export_category(
-            os.path.join(workdir, "export", name), method, trained, config.image_size,
-            {"category": name, "threshold": result["thresholds"]["image_threshold"],
+            os.path.join(workdir, "export", data.name), method, trained, config.image_size,
+            {"category": data.name, "threshold": result["thresholds"]["image_threshold"],
              "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
                  k: result[k] for k in evaluate.METRIC_KEYS}})
-        print(f"{name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
+        print(f"{data.name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
     return result
 
 

@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from kdad_jax import checkpoint, parallel
+from kdad_jax import checkpoint, parallel, stacking
 from kdad_jax.report import logs as logs_module
 from kdad_jax.data import penalty as penalty_data
 from kdad_jax.data import pipeline, resident
@@ -87,12 +87,13 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def make_train_step(method: Method, tx: optax.GradientTransformation, mesh,
-                    augment: Optional[resident.Augment] = None):
+                    augment: Optional[resident.Augment] = None, models=None):
     """Pure step: (state, frozen, stats, data, batch, rng) -> (state, metrics). Frozen stays an
     argument. With ``augment``, ``data`` is the device-resident training data
     (``resident.Resident``) and ``batch`` holds indices into it; else ``data`` is ``()``.
 
-    Jitted with the mesh's shardings: batch split over ``data``, everything else replicated."""
+    Jitted with the mesh's shardings (``stacking.Models``): one model's batch split over
+    ``data``, everything else replicated; K stacked models vmapped and split over ``model``."""
 
     def step(state, frozen, stats, data, batch, rng):
         if augment is not None:
@@ -105,9 +106,8 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, mesh,
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state, model_state), {"loss": loss, **aux}
 
-    replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(replicated,) * 4 + (batch, replicated),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+    models = models or stacking.Models.single("", None, mesh)
+    return models.jit_step(step, device_data=augment is not None)
 
 
 def restore(mngr, method: Method, tx, frozen, rng, mesh):
@@ -125,23 +125,38 @@ def checkpoint_dir(workdir: str, category: str) -> str:
 
 
 def _fit(config, workdir, category, method, tx, state, frozen, stats, train_images, mngr, mesh):
+    batches, device_data = _training_input(config, [train_images], int(state.step))
+    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches[0],
+                     mngr, mesh, device_data=device_data)
+
+
+def _training_input(config, train_images: list, start_step: int):
+    """(one batch iterator per image set, device data or None) for steps ``start_step ..``.
+
+    Training images go to the device when all of them fit ``config.data.device_data_mb``
+    (stacked, padded to the largest set: each set's indices stay inside its own images); the
+    penalty images (EfficientAD) too when they fit what is left, else the host sends them."""
     penalty = None  # pretraining images only for methods that penalize them (EfficientAD)
     if "penalty" in config:
         penalty = penalty_data.penalty_source(config.penalty.root, config.image_size)
     budget = int(config.data.get("device_data_mb", 0) * 2 ** 20)
-    if not 0 < train_images.nbytes <= budget:
-        batches = pipeline.training_batches(train_images, penalty, config, int(state.step))
-        return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches,
-                         mngr, mesh)
-    penalty_images = resident.penalty_array(penalty, budget - train_images.nbytes)
-    data = resident.Resident(train_images, penalty_images, jax.random.key(config.seed + 2))
+    largest = max(len(images) for images in train_images)
+    needed = largest * train_images[0][0].nbytes * len(train_images)
+    if not 0 < needed <= budget:
+        return [pipeline.training_batches(images, penalty, config, start_step)
+                for images in train_images], None
+    penalty_images = resident.penalty_array(penalty, budget - needed)
+    padded = [np.concatenate([images, np.zeros((largest - len(images), *images.shape[1:]), np.uint8)])
+              for images in train_images]
+    stacked = padded[0] if len(padded) == 1 else np.stack(padded)
+    data = resident.Resident(stacked, penalty_images, jax.random.key(config.seed + 2))
     augment = resident.Augment(config.train.get("color_jitter"), penalty is not None,
                                config.penalty.grayscale_prob if penalty is not None else 0.0)
-    batches = pipeline.index_batches(len(train_images), 0 if penalty_images is None else len(penalty_images),
-                                     penalty if penalty_images is None else None, config,
-                                     int(state.step))
-    return run_steps(config, workdir, category, method, tx, state, frozen, stats, batches, mngr,
-                     mesh, device_data=(data, augment))
+    on_device = 0 if penalty_images is None else len(penalty_images)
+    host_penalty = penalty if penalty_images is None else None
+    batches = [pipeline.index_batches(len(images), on_device, host_penalty, config, start_step)
+               for images in train_images]
+    return batches, (data, augment)
 
 
 class _DurationNote:
@@ -186,7 +201,7 @@ def _duration(seconds: float) -> str:
 
 
 def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, mngr, mesh,
-              device_data=None):
+              device_data=None, models=None):
     """The loop every training job shares: jitted steps over ``batches`` (this process's slices,
     starting at ``state.step``), a progress bar with loss and ETA, ``W/metrics.jsonl`` every
     ``config.train.log_every`` steps, checkpoints every ``config.train.checkpoint_every`` and on
@@ -196,34 +211,36 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
 
     ``device_data``: (``resident.Resident`` of host arrays, ``resident.Augment``) when
     ``batches`` are indices into training images kept on the device (copied there once here).
+    ``models``: K models stacked (``stacking.Models``; ``state``, ``stats`` and batches with a
+    leading [K] axis); default one model, ``name``, saved by ``mngr``.
 
-    Returns the state replicated on ``mesh``."""
+    Returns the state on the mesh."""
+    models = models or stacking.Models.single(name, mngr, mesh)
     data, augment = device_data if device_data is not None else ((), None)
-    step_fn = make_train_step(method, tx, mesh, augment)
+    step_fn = make_train_step(method, tx, mesh, augment, models)
     schedule_lr = learning_rate_schedule(config)
-    state, frozen_on_mesh, stats_on_mesh, data = parallel.replicate((state, frozen, stats, data), mesh)
-    rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
+    state, frozen_on_mesh, stats_on_mesh, data = models.place(state, frozen, stats, data)
+    rng = parallel.replicate(jax.random.key(config.seed + 1), models.mesh)
     total = config.train.steps
     writer = parallel.is_writer()
     logs = logs_module.Logs(workdir) if writer else None
     start = time.time()
-    first_step = int(state.step)  # the one read of the step counter from the device
-    bar = tqdm(total=total, initial=first_step, desc=name, unit="step", dynamic_ncols=True,
+    first_step = models.first_step(state)  # the one read of the step counter from the device
+    bar = tqdm(total=total, initial=first_step, desc=models.label, unit="step", dynamic_ncols=True,
                disable=not writer)
-    all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
-        [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)])))
     last_checked = first_step
-    duration_note = _DurationNote(config, name, first_step)
+    duration_note = _DurationNote(config, models.label, first_step)
     in_flight = collections.deque()  # the newest steps' losses, to bound how far the host runs ahead
 
     def check_weights(params, step):
-        if not bool(parallel.to_host(all_finite(params))):
-            raise _diverged("the weights became NaN or Inf", step, last_checked, name, mngr)
+        for finite, (model, model_mngr) in zip(models.finite(params), zip(models.names, models.mngrs)):
+            if not finite:
+                raise _diverged("the weights became NaN or Inf", step, last_checked, model, model_mngr)
 
     try:
         with parallel.Preemption() as preemption:
             for step, local_batch in enumerate(batches, start=first_step + 1):
-                batch = parallel.shard_batch(local_batch, mesh)
+                batch = models.shard_batch(local_batch)
                 state, metrics = step_fn(state, frozen_on_mesh, stats_on_mesh, data, batch, rng)
                 _bound_run_ahead(in_flight, metrics["loss"])
                 preempted = preemption.reached(step)
@@ -231,22 +248,25 @@ def run_steps(config, workdir, name, method, tx, state, frozen, stats, batches, 
                 logs_now = step % config.train.log_every == 0 or step == total
                 if logs_now or saves:
                     metrics = parallel.to_host(metrics)
-                    if not np.isfinite(metrics["loss"]):
-                        raise _diverged(f"the loss became {metrics['loss']}", step, last_checked, name, mngr)
+                    for model, model_mngr, values in models.per_model(metrics):
+                        if not np.isfinite(values["loss"]):
+                            raise _diverged(f"the loss became {values['loss']}", step, last_checked,
+                                            model, model_mngr)
+                        if writer and logs_now:
+                            logs.train(model, step, values, float(schedule_lr(step - 1)),
+                                       time.time() - start)
                     last_checked = step
-                    if writer and logs_now:
-                        logs.train(name, step, metrics, float(schedule_lr(step - 1)), time.time() - start)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                    bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}")
                 bar.update(1)
                 note = duration_note.after(step, lambda: jax.block_until_ready(metrics["loss"]))
                 if note and writer:
                     bar.write(note)
                 if saves:
                     check_weights(state.params, step)
-                    checkpoint.save_state(mngr, state, stats)
+                    models.save(state, stats)
                 if preempted and step < total:
-                    raise parallel.Preempted(step, mngr.directory)
-        check_weights(state.params, int(state.step))
+                    raise parallel.Preempted(step, models.directory)
+        check_weights(state.params, total)
     finally:
         bar.close()
         if logs:
@@ -299,13 +319,29 @@ def _open_category(config, workdir: str, category: str, method: Method):
     return mesh, frozen, teacher, rng_init, mngr
 
 
-def train_category(config, workdir: str, category: str, method: Method, train_images: np.ndarray,
-                   resume_only: bool = False, validation_images=None) -> Trained:
-    """Train (or resume, or just load when finished) one category. train_images: [N, H, W, 3] uint8.
+@dataclasses.dataclass
+class _Category:
+    """A category set up for training: its config (steps resolved), checkpoint manager, teacher,
+    optimizer, start state and stats (restored or fresh), and its image split."""
 
-    ``resume_only``: do not train; load the latest checkpoint (for --mode=eval).
-    ``validation_images``: the dataset's own validation split, if any (see fit_and_validation).
-    """
+    name: str
+    config: Any
+    mngr: Any
+    mesh: Any
+    frozen: Any
+    teacher: str
+    tx: Any
+    state: Any
+    stats: Any
+    fit_images: np.ndarray
+    validation_images: np.ndarray
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+
+def _prepare(config, workdir, category, method, train_images, resume_only, validation_images) -> _Category:
     mesh, frozen, teacher, rng_init, mngr = _open_category(config, workdir, category, method)
     config = parallel.resolve_batch_size(config, mesh)
     if teacher == "random-init":
@@ -325,21 +361,82 @@ def train_category(config, workdir: str, category: str, method: Method, train_im
         state, stats = restored
         if parallel.is_writer():
             print(f"{category}: resuming from step {int(state.step)} in {mngr.directory}", flush=True)
+    return _Category(category, config, mngr, mesh, frozen, teacher, tx, state, stats, fit_images,
+                     validation_images)
 
-    trains = int(state.step) < config.train.steps and not resume_only
-    if trains:
-        state = _fit(config, workdir, category, method, tx, state, frozen, stats, fit_images, mngr, mesh)
+
+def _finish(prepared: _Category, method: Method, state, trained: bool, resume_only: bool) -> Trained:
+    """Calibrate the maps on the validation images and save the final state (after training or
+    on eval); the category's ``Trained``."""
+    stats, mngr, config = prepared.stats, prepared.mngr, prepared.config
     # Evaluation and calibration run on each process's own devices with host copies.
     params, model_state = parallel.to_host((state.params, state.model_state))
     # Calibration belongs to the final params: redo it after any training (a checkpoint may carry
     # quantiles of an earlier, shorter run) and on eval. Held-out *training* images only.
-    if trains or resume_only or not is_calibrated(stats):
-        stats = method.fit_stats(params, model_state, frozen, stats, pipeline.image_batches(
-            validation_images, config.eval.batch_size))
+    if trained or resume_only or not is_calibrated(stats):
+        stats = method.fit_stats(params, model_state, prepared.frozen, stats, pipeline.image_batches(
+            prepared.validation_images, config.eval.batch_size))
         if not resume_only:
             checkpoint.save_state(mngr, state, stats, replace=True)
     mngr.close()
-    return Trained(params, model_state, frozen, stats, teacher, int(state.step), validation_images)
+    return Trained(params, model_state, prepared.frozen, stats, prepared.teacher, int(state.step),
+                   prepared.validation_images)
+
+
+def train_category(config, workdir: str, category: str, method: Method, train_images: np.ndarray,
+                   resume_only: bool = False, validation_images=None) -> Trained:
+    """Train (or resume, or just load when finished) one category. train_images: [N, H, W, 3] uint8.
+
+    ``resume_only``: do not train; load the latest checkpoint (for --mode=eval).
+    ``validation_images``: the dataset's own validation split, if any (see fit_and_validation).
+    """
+    prepared = _prepare(config, workdir, category, method, train_images, resume_only,
+                        validation_images)
+    state = prepared.state
+    trains = prepared.step < prepared.config.train.steps and not resume_only
+    if trains:
+        state = _fit(prepared.config, workdir, category, method, prepared.tx, state,
+                     prepared.frozen, prepared.stats, prepared.fit_images, prepared.mngr,
+                     prepared.mesh)
+    return _finish(prepared, method, state, trains, resume_only)
+
+
+def train_categories(config, workdir: str, names: list, method: Method, train_images: list,
+                     validation_images: list) -> dict:
+    """Train several categories as one program (``stacking``): {name: Trained}, each equal (to
+    float rounding) to training it alone with ``train_category``.
+
+    The categories must train the same number of steps from the same step (fresh, or resumed
+    from checkpoints of one interrupted group); otherwise each trains alone, with a note."""
+    prepared = [_prepare(config, workdir, name, method, images, False, validation)
+                for name, images, validation in zip(names, train_images, validation_images)]
+    starts = {(p.step, p.config.train.steps) for p in prepared}
+    if len(starts) > 1 or jax.process_count() > 1:
+        if parallel.is_writer():
+            why = ("several processes" if jax.process_count() > 1 else
+                   "their steps differ: " + ", ".join(f"{p.name} {p.step}/{p.config.train.steps}"
+                                                      for p in prepared))
+            print(f"note: {', '.join(names)} train one at a time ({why})", flush=True)
+        for p in prepared:
+            p.mngr.close()
+        return {name: train_category(config, workdir, name, method, images,
+                                     validation_images=validation)
+                for name, images, validation in zip(names, train_images, validation_images)}
+    first = prepared[0]
+    states, trains = [p.state for p in prepared], first.step < first.config.train.steps
+    if trains:
+        mesh = stacking.group_mesh(len(prepared))
+        models = stacking.Models(names, [p.mngr for p in prepared], mesh, stacked=True)
+        batches, device_data = _training_input(first.config, [p.fit_images for p in prepared],
+                                               first.step)
+        stats = stacking.stack([p.stats for p in prepared])
+        state = run_steps(first.config, workdir, models.label, method, first.tx,
+                          stacking.stack(states), first.frozen, stats,
+                          (stacking.stack(group) for group in zip(*batches)), None, mesh,
+                          device_data=device_data, models=models)
+        host_state = jax.device_get(state)
+        states = [stacking.take(host_state, i) for i in range(len(prepared))]
+    return {p.name: _finish(p, method, state_i, trains, False) for p, state_i in zip(prepared, states)}
 
 
 def load_trained(config, workdir: str, category: str, method: Method) -> Trained:

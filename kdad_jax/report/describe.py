@@ -26,6 +26,9 @@ COMMON_HELP = {
     "data.device_data_mb": "training (and penalty) images kept in device memory up to this many MB: "
                            "the host sends indices, the step gathers and augments; 0 = the host "
                            "prepares every batch",
+    "train.parallel_categories": "categories trained at once as one program: stacked models, the "
+                                 "step vmapped and split over the devices, each model at the "
+                                 "configured batch (same results as one at a time)",
     "train.steps": "optimizer steps (per category for detectors; 0 = from train.epochs)",
     "train.epochs": "passes over the training images (sets train.steps when > 0)",
     "train.learning_rate": "peak learning rate",
