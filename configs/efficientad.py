@@ -64,6 +64,7 @@ def _base():
 
     c.train = ml_collections.ConfigDict()
     c.train.parallel_categories = 1  # categories trained at once as one program (vmap)
+    c.train.compute_dtype = "float32"  # 'bfloat16': convolutions in bf16 (params, losses float32)
     c.train.steps = 70_000
     c.train.batch_size = 1  # GLOBAL batch (all devices together)
     c.train.per_device_batch_size = 0  # > 0: global batch = this × devices (overrides batch_size)

@@ -59,6 +59,7 @@ _RULES = {
     "train.color_jitter": _number_in(0, 1),
     "data.validation_fraction": _number_in(0, 1, low_open=True, high_open=True),
     "data.num_threads": _int_at_least(1),
+    "train.compute_dtype": _one_of("float32", "bfloat16"),
     "train.parallel_categories": _int_at_least(1),
     "data.device_data_mb": _number_in(0, float("inf")),
     "data.format": _one_of(*FORMATS),

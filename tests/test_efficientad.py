@@ -154,3 +154,42 @@ def test_upper_quantile_equals_numpy_linear_quantile(quantile, size):
     values = np.random.default_rng(size).normal(size=size).astype(np.float32)
     got = float(efficientad.upper_quantile(jnp.asarray(values), quantile))
     assert got == pytest.approx(np.quantile(values.astype(np.float64), quantile), rel=1e-6, abs=1e-6)
+
+
+def test_bfloat16_convolutions_keep_float32_parameters_and_close_maps():
+    """compute_dtype=bfloat16: the compiled step convolves in bf16, the parameters and the
+    optimizer state it returns stay float32, and the maps of the same weights stay within bf16's
+    rounding of the float32 maps (and differ from them: bf16 really ran)."""
+    import optax
+    from kdad_jax import parallel, train
+    config = _small_config()
+    f32 = get_method(config)
+    config.train.compute_dtype = "bfloat16"
+    bf16 = get_method(config)
+    assert bf16.info["compute_dtype"] == "bfloat16"
+    frozen, _ = f32.load_frozen(jax.random.key(0))
+    params, model_state = f32.init(jax.random.key(1), frozen)
+    images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype(np.float32)
+    stats = f32.fit_stats(params, model_state, frozen, f32.prepare_stats(frozen, [images]), [images])
+    maps32 = np.asarray(f32.anomaly_map(params, model_state, frozen, stats, images))
+    maps16 = np.asarray(bf16.anomaly_map(params, model_state, frozen, stats, images))
+    scale = np.abs(maps32).max()
+    assert 1e-5 * scale < np.abs(maps16 - maps32).max() < 0.05 * scale
+    assert maps16.dtype == np.float32
+
+    mesh = parallel.make_mesh()
+    tx = optax.adam(1e-4)
+    state = train.initial_state(bf16, tx, frozen, jax.random.key(1))
+    batch = {k: images[:1] for k in ("image", "image_aug", "penalty")}
+    step = train.make_train_step(bf16, tx, mesh)
+    args = (state, frozen, stats, (), batch, jax.random.key(2))
+    hlo = step.lower(*args).as_text()
+    # On CPU the differentiated k×k convolutions are patch products (models/conv.py); the
+    # autoencoder's resizes are float32 products at HIGHEST precision.
+    products = [line for line in hlo.splitlines() if "convolution" in line
+                or ("dot_general" in line and "HIGHEST" not in line)]
+    assert products and all("bf16" in line for line in products)
+    new_state, metrics = step(*args)
+    dtypes = {x.dtype for x in jax.tree_util.tree_leaves((new_state.params, new_state.opt_state))
+              if jnp.issubdtype(x.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype(jnp.float32)} and np.isfinite(float(metrics["loss"]))

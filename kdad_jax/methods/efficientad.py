@@ -65,6 +65,14 @@ def resize_maps(maps, image_hw):
     return jax.image.resize(maps, (maps.shape[0], *image_hw), "linear", antialias=False)
 
 
+def compute_dtype(config):
+    """``config.train.compute_dtype``: None for float32 (the default), else the dtype the
+    convolutions compute in (``bfloat16``: parameters, optimizer state, losses and maps stay
+    float32; training, inference and exports all use it)."""
+    name = config.train.get("compute_dtype", "float32")
+    return None if name == "float32" else jnp.dtype(name)
+
+
 class _Nets:
     """The three networks for one config (static structure, no parameters)."""
 
@@ -74,9 +82,10 @@ class _Nets:
         self.channels = channels
         self.image_hw = (config.image_size, config.image_size)
         self.feature_hw = feature_shape(self.image_hw, size, config.model.padded)
-        self.teacher = PDN(size, channels, config.model.padded)
-        self.student = PDN(size, 2 * channels, config.model.padded)
-        self.autoencoder = AutoEncoder(self.image_hw, self.feature_hw, channels)
+        dtype = compute_dtype(config)
+        self.teacher = PDN(size, channels, config.model.padded, dtype)
+        self.student = PDN(size, 2 * channels, config.model.padded, dtype)
+        self.autoencoder = AutoEncoder(self.image_hw, self.feature_hw, channels, dtype)
 
 
 def _load_frozen(nets, config, rng):
@@ -190,5 +199,6 @@ def make(config) -> Method:
         loss=functools.partial(_loss, nets, config),
         fit_stats=functools.partial(_fit_stats, nets),
         anomaly_map=functools.partial(_anomaly_map, nets),
-        info={"size": config.model.size, "out_channels": config.model.out_channels},
+        info={"size": config.model.size, "out_channels": config.model.out_channels,
+              "compute_dtype": config.train.get("compute_dtype", "float32")},
     )

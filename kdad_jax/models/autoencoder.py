@@ -7,7 +7,7 @@ kernel 8 when the encoded map is at least 8 wide, else the map's own width, so t
 stays 1×1 for inputs below 256² (the reference's k8 conv fails there).
 """
 
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -26,12 +26,15 @@ def _resize(x, hw):
 
 
 class Encoder(nn.Module):
+    dtype: Optional[Any] = None  # convolutions' compute dtype (models/conv.py); None: float32
+
     @nn.compact
     def __call__(self, x):  # [B, H, W, 3] -> [B, h, w, 64]
         for channels in (32, 32, 64, 64, 64):
-            x = nn.relu(Conv(channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
+            x = nn.relu(Conv(channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                             dtype=self.dtype)(x))
         kh, kw = min(8, x.shape[1]), min(8, x.shape[2])
-        return Conv(64, (kh, kw))(x)
+        return Conv(64, (kh, kw), dtype=self.dtype)(x)
 
 
 class Decoder(nn.Module):
@@ -39,17 +42,18 @@ class Decoder(nn.Module):
     feature_hw: Tuple[int, int]
     out_channels: int = 384
     dropout_rate: float = 0.2
+    dtype: Optional[Any] = None
 
     @nn.compact
     def __call__(self, z, train: bool = False):
         sizes = zip(decoder_sizes(self.image_hw[0]), decoder_sizes(self.image_hw[1]))
         for hw in sizes:
             z = _resize(z, hw)
-            z = nn.relu(Conv(64, (4, 4), padding=((2, 2), (2, 2)))(z))
+            z = nn.relu(Conv(64, (4, 4), padding=((2, 2), (2, 2)), dtype=self.dtype)(z))
             z = nn.Dropout(self.dropout_rate, deterministic=not train)(z)
         z = _resize(z, self.feature_hw)
-        z = nn.relu(Conv(64, (3, 3), padding=((1, 1), (1, 1)))(z))
-        return Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)))(z)
+        z = nn.relu(Conv(64, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype)(z))
+        return Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype)(z)
 
 
 class AutoEncoder(nn.Module):
@@ -58,8 +62,10 @@ class AutoEncoder(nn.Module):
     image_hw: Tuple[int, int]
     feature_hw: Tuple[int, int]
     out_channels: int = 384
+    dtype: Optional[Any] = None  # convolutions' compute dtype (models/conv.py); None: float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        z = Encoder()(x)
-        return Decoder(self.image_hw, self.feature_hw, self.out_channels)(z, train=train)
+        z = Encoder(dtype=self.dtype)(x)
+        return Decoder(self.image_hw, self.feature_hw, self.out_channels,
+                       dtype=self.dtype)(z, train=train)

@@ -12,7 +12,7 @@ on EfficientNet-Lite0's layers). Elsewhere (GPU/TPU), and for 1×1 convolutions,
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -113,13 +113,20 @@ class Conv(nn.Module):
     use_bias: bool = True
     groups: int = 1
     dilation: Tuple[int, int] = (1, 1)
+    # Mixed precision: input and kernel cast to this dtype (e.g. bfloat16) for the convolution,
+    # the result back to float32; parameters stay float32. None: all float32.
+    dtype: Optional[Any] = None
 
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
-        y = conv2d(x, kernel, self.strides, self.padding, self.groups, self.dilation)
+        if self.dtype is not None:
+            y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
+                       self.groups, self.dilation).astype(jnp.float32)
+        else:
+            y = conv2d(x, kernel, self.strides, self.padding, self.groups, self.dilation)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         return y

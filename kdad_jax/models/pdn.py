@@ -5,7 +5,7 @@ teacher *pretraining* uses padded convolutions (256² → 64²). Average pools c
 as PyTorch's ``AvgPool2d`` does by default.
 """
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 
@@ -39,6 +39,7 @@ class PDN(nn.Module):
     size: str = "s"
     out_channels: int = 384
     padded: bool = False
+    dtype: Optional[Any] = None  # convolutions' compute dtype (models/conv.py); None: float32
 
     @nn.compact
     def __call__(self, x):
@@ -49,7 +50,7 @@ class PDN(nn.Module):
                                 padding=((pad, pad), (pad, pad)), count_include_pad=True)
                 continue
             features = self.out_channels if channels == "out" else channels
-            x = Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)))(x)
+            x = Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=self.dtype)(x)
             if relu:
                 x = nn.relu(x)
         return x

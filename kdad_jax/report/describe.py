@@ -29,6 +29,9 @@ COMMON_HELP = {
     "train.parallel_categories": "categories trained at once as one program: stacked models, the "
                                  "step vmapped and split over the devices, each model at the "
                                  "configured batch (same results as one at a time)",
+    "train.compute_dtype": "float32, or bfloat16: convolutions compute in bf16 in training, "
+                           "evaluation and exports; parameters, optimizer state, losses and maps "
+                           "stay float32",
     "train.steps": "optimizer steps (per category for detectors; 0 = from train.epochs)",
     "train.epochs": "passes over the training images (sets train.steps when > 0)",
     "train.learning_rate": "peak learning rate",

@@ -54,6 +54,7 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         "input": "float32 RGB in [0, 1], [B, S, S, 3] (kdad_jax.serve.deploy resizes and scales uint8 images)",
         "output": "anomaly maps [B, S, S]; image score = max over the map",
         "platforms": list(exported.platforms),
+        "compute_dtype": method.info.get("compute_dtype", "float32"),
         "arguments": list(names),
         "normalization_constants": {k: list(np.shape(v)) for k, v in args[3].items()},
         **(extra_meta or {}),
