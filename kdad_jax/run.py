@@ -125,10 +125,12 @@ def _read_category(config, root, name, writer):
 
 def _run_group(config, workdir, method, root, names, mode, writer) -> dict:
     """Train (or load), evaluate and (``mode='export'``) export categories; {name: result}.
-    More than one name: trained as one program (``config.train.parallel_categories``)."""
+    With ``config.train.parallel_categories`` > 1 they train as one program (a last group of one
+    too: one model per device, whatever the device count)."""
     start = time.time()
     datas = [_read_category(config, root, name, writer) for name in names]
-    if len(names) == 1:
+    grouped = mode == "train" and config.train.get("parallel_categories", 1) > 1
+    if not grouped:
         trained = {names[0]: train.train_category(config, workdir, names[0], method, datas[0].train,
                                                   resume_only=(mode in ("eval", "export")),
                                                   validation_images=datas[0].validation)}

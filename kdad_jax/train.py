@@ -341,9 +341,12 @@ class _Category:
         return int(self.state.step)
 
 
-def _prepare(config, workdir, category, method, train_images, resume_only, validation_images) -> _Category:
+def _prepare(config, workdir, category, method, train_images, resume_only, validation_images,
+             batch_mesh=None) -> _Category:
+    """``batch_mesh``: the mesh whose ``data`` axis splits the batch (default: all devices; one
+    device per model when categories train as a group)."""
     mesh, frozen, teacher, rng_init, mngr = _open_category(config, workdir, category, method)
-    config = parallel.resolve_batch_size(config, mesh)
+    config = parallel.resolve_batch_size(config, batch_mesh or mesh)
     if teacher == "random-init":
         logging.warning("%s: no teacher checkpoint given (config.teacher.checkpoint): using a FROZEN "
                         "RANDOMLY-INITIALIZED teacher; results will be weaker than with a pretrained one",
@@ -408,7 +411,8 @@ def train_categories(config, workdir: str, names: list, method: Method, train_im
 
     The categories must train the same number of steps from the same step (fresh, or resumed
     from checkpoints of one interrupted group); otherwise each trains alone, with a note."""
-    prepared = [_prepare(config, workdir, name, method, images, False, validation)
+    mesh = stacking.group_mesh(len(names))  # data axis 1: each model keeps its whole batch
+    prepared = [_prepare(config, workdir, name, method, images, False, validation, mesh)
                 for name, images, validation in zip(names, train_images, validation_images)]
     starts = {(p.step, p.config.train.steps) for p in prepared}
     if len(starts) > 1 or jax.process_count() > 1:
@@ -425,7 +429,6 @@ def train_categories(config, workdir: str, names: list, method: Method, train_im
     first = prepared[0]
     states, trains = [p.state for p in prepared], first.step < first.config.train.steps
     if trains:
-        mesh = stacking.group_mesh(len(prepared))
         models = stacking.Models(names, [p.mngr for p in prepared], mesh, stacked=True)
         batches, device_data = _training_input(first.config, [p.fit_images for p in prepared],
                                                first.step)

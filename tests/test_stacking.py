@@ -67,7 +67,8 @@ def test_categories_trained_together_equal_each_trained_alone(tmp_path, capsys, 
 
 
 def test_a_group_split_over_two_devices_equals_one_device(tmp_path):
-    """Two forced host devices: the two models go one per device (the ``model`` axis)."""
+    """Two forced host devices, batch 1 (which one model could not split over them): the two
+    models go one per device (the ``model`` axis)."""
     root = _tree(tmp_path / "data")
     code = f"""
 import json, sys
@@ -78,6 +79,7 @@ from kdad_jax import stacking
 assert jax.device_count() == 2 and stacking.group_mesh(2).shape["model"] == 2
 c = efficientad.get_config("smoke")
 c.data.root, c.train.steps, c.train.parallel_categories = {root!r}, 4, 2
+c.train.batch_size = 1  # the paper's batch: one model per device, not split
 r = main.run(c, sys.argv[1])
 print(json.dumps({{n: r["per_category"][n]["image_auroc"] for n in ("gadget", "widget")}}))
 """
@@ -87,7 +89,9 @@ print(json.dumps({{n: r["per_category"][n]["image_auroc"] for n in ("gadget", "w
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
-    one = kdad_main.run(_config(root, 2), str(tmp_path / "one"))
+    config = _config(root, 2)
+    config.train.batch_size = 1
+    one = kdad_main.run(config, str(tmp_path / "one"))
     for name, value in two.items():
         assert value == pytest.approx(one["per_category"][name]["image_auroc"], abs=1e-4)
     logged_two, logged_one = _logged(tmp_path / "two"), _logged(tmp_path / "one")
