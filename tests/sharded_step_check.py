@@ -47,7 +47,7 @@ def one_step(config, method, tx, frozen, stats, state, batch, mesh):
     on_mesh = parallel.replicate((state, frozen, stats, jax.random.key(5)), mesh)
     global_batch = parallel.shard_batch(batch, mesh)
     shards = {len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(global_batch)}
-    new_state, metrics = step(*on_mesh[:3], global_batch, on_mesh[3])
+    new_state, metrics = step(*on_mesh[:3], (), global_batch, on_mesh[3])
     return parallel.to_host(new_state), float(parallel.to_host(metrics)["loss"]), shards
 
 

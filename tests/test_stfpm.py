@@ -270,7 +270,7 @@ def test_eca_mskdad_step_updates_params_and_batch_stats():
     assert "eca_bn2" in state.params["layer1_0"]
     batch = {"image": _images(2, (2, 64, 64, 3))}
     before = jax.tree_util.tree_map(np.asarray, (state.params, state.model_state))
-    new_state, metrics = train.make_train_step(method, tx, parallel.make_mesh(jax.devices()[:1]))(state, frozen, {}, batch, jax.random.key(3))
+    new_state, metrics = train.make_train_step(method, tx, parallel.make_mesh(jax.devices()[:1]))(state, frozen, {}, (), batch, jax.random.key(3))
     assert {"loss", "loss_features", "loss_relative"} <= set(metrics)
     assert float(metrics["loss"]) == pytest.approx(float(metrics["loss_features"] + metrics["loss_relative"]),
                                                    rel=1e-5)
@@ -356,7 +356,7 @@ def test_step_and_map_match_the_torch_reference(tmp_path):
     np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=1e-7 * theirs.max())
 
     state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
-    state, metrics = train.make_train_step(method, tx, parallel.make_mesh(jax.devices()[:1]))(state, frozen, {}, {"image": images}, jax.random.key(0))
+    state, metrics = train.make_train_step(method, tx, parallel.make_mesh(jax.devices()[:1]))(state, frozen, {}, (), {"image": images}, jax.random.key(0))
     loss = reference.train_step(nchw)
     assert float(metrics["loss"]) == pytest.approx(loss, rel=1e-4)
     after = reference.student.state_dict()
