@@ -47,6 +47,9 @@ class Models:
         self.names, self.mngrs, self.mesh, self.stacked = names, mngrs, mesh, stacked
         self.replicated = parallel.replicated(mesh)
         self.split = NamedSharding(mesh, PartitionSpec(parallel.MODEL)) if stacked else None
+        all_finite = lambda tree: jnp.all(jnp.stack(  # noqa: E731
+            [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)]))
+        self._all_finite = jax.jit(jax.vmap(all_finite) if stacked else all_finite)
 
     @classmethod
     def single(cls, name: str, mngr, mesh: Mesh) -> "Models":
@@ -100,11 +103,7 @@ class Models:
 
     def finite(self, params) -> List[bool]:
         """Whether each model's weights are all finite (one device read)."""
-        check = lambda tree: jnp.all(jnp.stack(  # noqa: E731
-            [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)]))
-        if self.stacked:
-            check = jax.vmap(check)
-        return np.atleast_1d(parallel.to_host(jax.jit(check)(params))).tolist()
+        return np.atleast_1d(parallel.to_host(self._all_finite(params))).tolist()
 
     def save(self, state, stats) -> None:
         """A checkpoint per model, each in its own category's folder."""

@@ -88,10 +88,6 @@ def materialize(resident: Resident, batch: dict, augment: Augment) -> dict:
     return out
 
 
-def fits(arrays_bytes: int, budget_mb: float) -> bool:
-    return 0 < arrays_bytes <= budget_mb * 2 ** 20
-
-
 def penalty_array(source, budget_bytes: int) -> Optional[np.ndarray]:
     """Every penalty image as one uint8 array when they fit ``budget_bytes``, else None."""
     if source is None or len(source) == 0:
