@@ -1,10 +1,10 @@
 """Compilation of the inference programs (anomaly maps, teacher statistics, calibration).
 
-On CPU, XLA's default YNNPACK fusion runs stand-alone k×k convolutions several times slower
-than its Eigen kernels (measured: conv 128→256, 4×4 on a 126² map, 0.57 s vs 0.11 s), while it
-makes the *training* step faster (its matrix products and element-wise fusions). The option is
-per compilation, so inference programs are compiled without YNNPACK fusions and the train step
-keeps XLA's defaults. Other platforms get no extra options.
+On CPU, XLA's default YNNPACK fusion runs k×k convolutions several times slower than its Eigen
+kernels (measured: conv 128→256, 4×4 on a 126² map, 0.57 s vs 0.11 s). The option is per
+compilation: inference programs and the train step (``stacking.Models.jit_step``, whose
+convolutions and their gradients are XLA's own since ``models/conv.py`` stopped gathering
+patches) are compiled without YNNPACK fusions. Other platforms get no extra options.
 """
 
 import functools

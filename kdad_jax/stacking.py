@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from kdad_jax import checkpoint, parallel
+from kdad_jax import checkpoint, inference, parallel
 from kdad_jax.data import resident
 
 
@@ -85,14 +85,17 @@ class Models:
 
     def jit_step(self, step, device_data: bool):
         """``step(state, frozen, stats, data, batch, rng)`` for one model -> the jitted step
-        (``device_data``: ``data`` is a ``resident.Resident``, else ``()``)."""
+        (``device_data``: ``data`` is a ``resident.Resident``, else ``()``). On CPU compiled
+        without YNNPACK fusions, as inference is (``inference.compiler_options``)."""
+        options = inference.compiler_options() or None
         if not self.stacked:
             batch = parallel.batch_sharding(self.mesh)
             return jax.jit(step, in_shardings=(self.replicated,) * 4 + (batch, self.replicated),
-                           out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+                           out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
+                           compiler_options=options)
         data_axes = resident.Resident(0, None, None) if device_data else None
         stepped = jax.vmap(step, in_axes=(0, None, 0, data_axes, 0, None))
-        return jax.jit(stepped, donate_argnums=(0,))
+        return jax.jit(stepped, donate_argnums=(0,), compiler_options=options)
 
     def per_model(self, metrics_host: dict):
         """[(name, manager, scalar metrics)] for each model."""

@@ -161,7 +161,7 @@ def test_bfloat16_convolutions_keep_float32_parameters_and_close_maps():
     optimizer state it returns stay float32, and the maps of the same weights stay within bf16's
     rounding of the float32 maps (and differ from them: bf16 really ran)."""
     import optax
-    from kdad_jax import parallel, train
+    from kdad_jax import inference, parallel, train
     config = _small_config()
     f32 = get_method(config)
     config.train.compute_dtype = "bfloat16"
@@ -183,8 +183,11 @@ def test_bfloat16_convolutions_keep_float32_parameters_and_close_maps():
     batch = {k: images[:1] for k in ("image", "image_aug", "penalty")}
     step = train.make_train_step(bf16, tx, mesh)
     args = (state, frozen, stats, (), batch, jax.random.key(2))
-    hlo = step.lower(*args).as_text()
-    # On CPU the differentiated k×k convolutions are patch products (models/conv.py); the
+    lowered = step.lower(*args)
+    hlo = lowered.as_text()
+    if inference.compiler_options():  # CPU: the step is compiled without YNNPACK fusions too
+        assert '"kind":"__ynn_fusion"' not in lowered.compile().as_text()
+    # On CPU strided weight gradients at batch 1 are per-tap products (models/conv.py); the
     # autoencoder's resizes are float32 products at HIGHEST precision.
     products = [line for line in hlo.splitlines() if "convolution" in line
                 or ("dot_general" in line and "HIGHEST" not in line)]

@@ -105,13 +105,46 @@ def test_batch_norm_is_torchs_in_training_and_evaluation(shape):
     variables = module.init(jax.random.key(0), jnp.zeros(shape), use_running_average=False)
     for _ in range(3):
         x = (rng.normal(size=shape) * 3 + 1).astype(np.float32)
-        expected = reference.train()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        ours, updated = module.apply(variables, x, use_running_average=False,
-                                     mutable=["batch_stats"])
+        cotangent = rng.normal(size=shape).astype(np.float32)
+        x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+        reference.zero_grad()
+        expected = reference.train()(x_torch)
+        expected.backward(torch.from_numpy(cotangent).permute(0, 3, 1, 2))
+
+        def forward(params, x):
+            return module.apply({**variables, "params": params}, x, use_running_average=False,
+                                mutable=["batch_stats"])
+        (ours, updated), vjp = jax.vjp(forward, variables["params"], jnp.asarray(x))
+        np.testing.assert_allclose(ours, expected.detach().permute(0, 2, 3, 1).numpy(), atol=2e-6)
+        # The gradient too (the batch mean is a product with a ones vector here).
+        d_params, d_x = vjp((jnp.asarray(cotangent), jax.tree.map(jnp.zeros_like, updated)))
+        np.testing.assert_allclose(d_x, x_torch.grad.permute(0, 2, 3, 1).numpy(), atol=2e-5)
+        np.testing.assert_allclose(d_params["scale"], reference.weight.grad.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d_params["bias"], reference.bias.grad.numpy(), rtol=1e-5, atol=1e-5)
         variables = {**variables, **updated}
-        np.testing.assert_allclose(ours, expected.detach().numpy(), atol=2e-6)
     np.testing.assert_allclose(variables["batch_stats"]["var"], reference.running_var, rtol=1e-6)
     np.testing.assert_allclose(variables["batch_stats"]["mean"], reference.running_mean, atol=1e-7)
     expected = reference.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     np.testing.assert_allclose(module.apply(variables, x, use_running_average=True),
                                expected.detach().numpy(), atol=2e-6)
+
+
+def test_max_pool_is_torchs_with_ties():
+    """ResNet's 3×3 / 2 max pool: values and gradient equal torch.nn.functional.max_pool2d's,
+    which sends a window's gradient to its first maximum (row-major) when several are equal;
+    ties are common after a ReLU (zeros) and planted here (equal positive values)."""
+    from kdad_jax.models.pooling import max_pool
+    from tests.conftest import optional_module
+    torch = optional_module("torch", "convert")
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(size=(2, 9, 10, 3)), 0).astype(np.float32)
+    x[0, 1:4, 2:5, 0] = 1.5
+    x[1, 0, :, 2] = 0.25
+    cotangent = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+    out, vjp = jax.vjp(lambda x: max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))), jnp.asarray(x))
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    expected = torch.nn.functional.max_pool2d(x_torch, 3, 2, 1)
+    expected.backward(torch.from_numpy(cotangent).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(out, expected.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(vjp(jnp.asarray(cotangent))[0], x_torch.grad.permute(0, 2, 3, 1).numpy(),
+                               atol=1e-6)

@@ -30,13 +30,12 @@ class TorchBatchNorm(nn.Module):
         if use_running_average:
             mean, var = running_mean.value, running_var.value
         else:
-            axes = tuple(range(x.ndim - 1))
             values = x.astype(jnp.float32)
-            mean = values.mean(axes)
+            mean = channel_mean(values)
             # Two passes (as torch): E[x²] − E[x]² loses digits to cancellation in float32, by an
             # amount that depends on the reduction order (1 % gradient differences seen between
             # 1 and 8 devices).
-            var = jnp.square(values - mean).mean(axes)
+            var = channel_mean(jnp.square(values - mean))
             if not self.is_initializing():
                 count = values.size // features
                 unbiased = var * (count / max(count - 1, 1))
@@ -44,3 +43,14 @@ class TorchBatchNorm(nn.Module):
                 running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
         multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
         return (x - mean.astype(x.dtype)) * multiplier.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def channel_mean(x):
+    """[..., C] -> [C], the mean over every axis but the last, as a product with a ones vector.
+
+    XLA CPU reduces a [B, H, W, C] array over (B, H, W) 3–10× slower than it multiplies
+    [B·H·W] @ [B·H·W, C] (ResNet-18 at batch 8: 0.9 ms against 0.2 ms on [8, 64, 64, 64]), in the
+    forward pass and in its transpose; HIGHEST precision so that no GPU rounds it to TF32."""
+    flat = x.reshape(-1, x.shape[-1])
+    ones = jnp.ones((flat.shape[0],), flat.dtype)
+    return jnp.dot(ones, flat, precision=jax.lax.Precision.HIGHEST) / flat.shape[0]

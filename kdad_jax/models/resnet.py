@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from kdad_jax.models import eca
 from kdad_jax.models.batch_norm import TorchBatchNorm
 from kdad_jax.models.conv import Conv
+from kdad_jax.models.pooling import max_pool
 
 # name -> (block kind, blocks per stage, bottleneck width multiplier)
 ARCHITECTURES = {
@@ -105,7 +106,7 @@ class ResNet(nn.Module):
         if unknown:
             raise ValueError(f"unknown ResNet taps {sorted(unknown)}; choose from {STAGES}")
         x = nn.relu(_norm(self, _conv(64, 7, 2, "conv1")(x), "bn1", train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         last = max(STAGES.index(t) for t in self.taps)
         features = {}
         for index in range(last + 1):
