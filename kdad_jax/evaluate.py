@@ -49,12 +49,16 @@ def _pixel_reason(labels, masks, has_mask, defects) -> Optional[str]:
 
 
 def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
-                    has_mask: Optional[np.ndarray] = None, defects: Optional[List[str]] = None) -> dict:
+                    has_mask: Optional[np.ndarray] = None, defects: Optional[List[str]] = None,
+                    regions: Optional[List[list]] = None) -> dict:
     """Metrics of one category: maps [N, H, W], labels [N], masks [N, H, W] bool.
 
     A metric the test set cannot define (one class only, anomalous images without masks) is None,
     and ``unavailable`` maps it to the reason. With LOCO's two anomaly types, image AUROC is also
-    given per type (good images vs that type): ``image_auroc_logical``/``_structural``."""
+    given per type (good images vs that type): ``image_auroc_logical``/``_structural``; with
+    ``regions`` (LOCO's per-file regions, ``data/loco.py``) ``au_spro``: {'all' | 'logical' |
+    'structural': {FPR limit: AU-sPRO}}, each over the good images and those of that type, and
+    the table's ``au_spro_logical`` / ``_structural`` at FPR 0.05."""
     labels = np.asarray(labels)
     has_mask = np.ones(len(labels), bool) if has_mask is None else np.asarray(has_mask, bool)
     scores = maps.reshape(len(maps), -1).max(axis=1)
@@ -78,9 +82,33 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     for kind in ("logical", "structural"):
         if f"{kind}_anomalies" in per_defect:
             result[f"image_auroc_{kind}"] = per_defect[f"{kind}_anomalies"]
+    if regions is not None:
+        result["au_spro"] = _au_spro_by_type(maps, regions, defects)
+        for kind in ("logical", "structural"):
+            if kind in result["au_spro"]:
+                result[f"au_spro_{kind}"] = result["au_spro"][kind]["0.05"]
     if unavailable:
         result["unavailable"] = unavailable
     return result
+
+
+def _au_spro_by_type(maps, regions, defects) -> Dict[str, Dict[str, Optional[float]]]:
+    """LOCO's AU-sPRO per anomaly type, as its evaluator groups images: 'logical' and
+    'structural' over the good images plus that type's, 'all' over every test image."""
+    defects = np.asarray(defects if defects is not None else ["?"] * len(maps))
+    groups = {"all": np.ones(len(maps), bool)}
+    for kind in ("logical", "structural"):
+        if f"{kind}_anomalies" in defects:
+            groups[kind] = (defects == "good") | (defects == f"{kind}_anomalies")
+    found = {}
+    for group, chosen in groups.items():
+        indices = np.flatnonzero(chosen)
+        flat = [(n, r.mask, r.saturation) for n, i in enumerate(indices) for r in regions[i]]
+        curve = metrics.spro_curve(maps[indices], flat)
+        found[group] = {str(limit): (None if curve is None else
+                                     metrics.area_until(*curve, limit) / limit)
+                        for limit in metrics.SPRO_FPR_LIMITS}
+    return found
 
 
 def _per_defect_auroc(scores, labels, defects) -> Dict[str, Optional[float]]:

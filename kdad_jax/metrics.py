@@ -8,7 +8,7 @@
 Functions return None when the labels hold a single class (the metric is undefined).
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -68,7 +68,7 @@ def f1_max(scores, labels) -> Tuple[Optional[float], Optional[float]]:
     return float(f1[best]), float(thresholds[best])
 
 
-def _area_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+def area_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     """Trapezoidal area under y(x) for x in [0, limit]; x ascending, y interpolated at limit."""
     end = int(np.searchsorted(x, limit, side="right"))
     xs, ys = x[:end], y[:end]
@@ -105,4 +105,67 @@ def au_pro(maps, masks, fpr_limit: float = 0.3) -> Optional[float]:
     if curve is None:
         return None
     fpr, pro = curve
-    return _area_until(fpr, pro, fpr_limit) / fpr_limit
+    return area_until(fpr, pro, fpr_limit) / fpr_limit
+
+
+# --- MVTec LOCO AD's saturated per-region overlap (sPRO) -----------------------------------------
+
+SPRO_FPR_LIMITS = (0.05, 0.1, 0.3, 1.0)
+
+
+def spro_curve(maps: np.ndarray, regions: Sequence[Tuple[int, np.ndarray, float]]):
+    """(fpr, mean sPRO) over all thresholds, as MVTec LOCO's evaluator defines them.
+
+    maps [N, H, W]; ``regions``: (image index, bool mask [H, W], saturation area in pixels) — one
+    per ground-truth mask file (a "channel" in the evaluator), overlapping or not. At threshold t
+    a pixel is positive when its score > t; a region's sPRO is min(positive pixels in it /
+    saturation area, 1); the curve's y is the mean over regions. The FPR counts the pixels of all
+    N images that lie outside every region of their image. Every distinct score is a threshold,
+    so the curve is exact (the evaluator refines a threshold grid towards it).
+
+    Exact in one sort: a region's pixels, taken from the highest score down, each add
+    1 / (saturation · regions) until ``saturation`` of them have been counted, then nothing; the
+    curve is sampled only where a run of equal scores ends, so the order inside a run is moot.
+    ``saturation`` may be fractional (masks resized from the original size): min(tp / s, 1).
+    """
+    maps = np.asarray(maps, np.float64)
+    if not regions:
+        return None
+    defect = np.zeros(maps.shape, bool)
+    for index, mask, _ in regions:
+        defect[index] |= mask
+    normal = ~defect
+    if not normal.any():
+        return None
+    scores = [maps[normal]]
+    positive = [np.zeros(scores[0].size)]
+    for index, mask, saturation in regions:
+        inside = np.sort(maps[index][mask])[::-1]
+        # The k-th pixel adds the part of [k, k + 1) below the saturation (a fractional
+        # saturation, from a resized mask, lets one pixel add part of its share).
+        rank = np.arange(inside.size, dtype=np.float64)
+        weights = (np.minimum(rank + 1, saturation) - np.minimum(rank, saturation)) / (
+            saturation * len(regions))
+        scores.append(inside)
+        positive.append(weights)
+    negative = [np.full(scores[0].size, 1.0 / scores[0].size)] + [np.zeros(s.size) for s in scores[1:]]
+    fps, spros, _ = _descending_cumulative(np.concatenate(scores), np.concatenate(positive),
+                                           np.concatenate(negative))
+    return np.r_[0.0, fps], np.r_[0.0, np.minimum(spros, 1.0)]
+
+
+def au_spro(maps, regions, fpr_limit: float = 0.05) -> Optional[float]:
+    """Area under the mean-sPRO curve for FPR ≤ ``fpr_limit``, divided by ``fpr_limit``."""
+    curve = spro_curve(maps, regions)
+    if curve is None:
+        return None
+    fpr, spro = curve
+    return area_until(fpr, spro, fpr_limit) / fpr_limit
+
+
+def saturation_area(defect_area: int, threshold: float, relative: bool) -> float:
+    """Pixels at which a region's sPRO saturates (the evaluator's rule): ``threshold`` × area
+    (truncated) when relative, else min(threshold, area). Ours: at least one pixel (the evaluator
+    divides by zero for a relative threshold on a region smaller than 1 / threshold)."""
+    area = int(threshold * defect_area) if relative else min(threshold, defect_area)
+    return float(max(area, 1))

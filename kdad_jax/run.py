@@ -49,7 +49,7 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
     maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                  trained.stats, data.test, config.eval.batch_size)
     result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
-                                      data.test_defects)
+                                      data.test_defects, data.test_regions)
 
     def validation_scores():
         val_maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,

@@ -1,6 +1,7 @@
 """VisA and MVTec LOCO layouts on tiny trees built here (``config.data.format``)."""
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -52,9 +53,19 @@ def build_visa(root, name="pcbx", n_train=5, n_good=2, n_bad=3, seed=0):
     return rows
 
 
+# defects_config.json of the tiny LOCO tree: logical masks hold 10 (saturate at 20 pixels, or the
+# whole region when smaller), the extra region 20 (5 pixels), structural ones 255 (the whole region).
+LOCO_DEFECTS = [
+    {"defect_name": "missing_part", "pixel_value": 10, "saturation_threshold": 20, "relative_saturation": False},
+    {"defect_name": "extra_part", "pixel_value": 20, "saturation_threshold": 5, "relative_saturation": False},
+    {"defect_name": "scratch", "pixel_value": 255, "saturation_threshold": 1.0, "relative_saturation": True},
+]
+
+
 def build_loco(root, name="boxes", seed=0):
     """LOCO: train/good, validation/good, test/{good,logical_anomalies,structural_anomalies},
-    ground_truth/<type>/<stem>/000.png (+ 001.png: two regions for the first logical image)."""
+    ground_truth/<type>/<stem>/000.png (+ 001.png: two regions for the first logical image) and
+    defects_config.json (``LOCO_DEFECTS``)."""
     rng = np.random.default_rng(seed)
     base = root / name
 
@@ -71,11 +82,13 @@ def build_loco(root, name="boxes", seed=0):
         for i in range(2):
             image, mask = _defect(rng, 250 if kind == "structural_anomalies" else 160)
             save(base / "test" / kind / f"{i:03d}.png", image)
-            save(base / "ground_truth" / kind / f"{i:03d}" / "000.png", mask * 255)
+            save(base / "ground_truth" / kind / f"{i:03d}" / "000.png",
+                 mask * (10 if kind == "logical_anomalies" else 255))
             if kind == "logical_anomalies" and i == 0:  # a second region in its own mask file
                 extra = np.zeros_like(mask)
-                extra[-6:, -6:] = 255
+                extra[-6:, -6:] = 20
                 save(base / "ground_truth" / kind / f"{i:03d}" / "001.png", extra)
+    (base / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS))
     return base
 
 
@@ -124,4 +137,11 @@ def test_main_job_on_loco_reports_logical_and_structural_auroc(tmp_path):
     assert_metrics_from_checkpoint(config, tmp_path / "run", "boxes", boxes)
     assert set(boxes["image_auroc_per_defect"]) == {"logical_anomalies", "structural_anomalies"}
     header = open(tmp_path / "run" / "results.csv").readline().strip().split(",")
-    assert header[-2:] == ["image_auroc_logical", "image_auroc_structural"]
+    assert header[-4:] == ["au_spro_logical", "au_spro_structural", "image_auroc_logical",
+                           "image_auroc_structural"]
+    # LOCO's sPRO from defects_config.json, per anomaly type and FPR limit (tests/test_spro.py
+    # checks the values); the table's columns are those at FPR 0.05.
+    assert set(boxes["au_spro"]) == {"all", "logical", "structural"}
+    assert set(boxes["au_spro"]["logical"]) == {"0.05", "0.1", "0.3", "1.0"}
+    assert boxes["au_spro_logical"] == boxes["au_spro"]["logical"]["0.05"]
+    assert all(0.0 <= v <= 1.0 for group in boxes["au_spro"].values() for v in group.values())

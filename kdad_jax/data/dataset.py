@@ -102,10 +102,14 @@ def assemble(name: str, layout: Layout, image_size: int) -> Category:
         raise UserError(f"{name}: no readable test images")
     items, images, masks = zip(*rows)
     _warn_unlabelled(name, items)
+    regions = None
+    if layout.defect_types is not None:
+        regions = [loco.read_regions(i.mask_paths or (), image_size, layout.defect_types) for i in items]
     return Category(name, train, np.stack(images), np.array([int(i.defect != "good") for i in items]),
                     np.stack(masks), [i.path for i in items], [i.defect for i in items],
                     validation=validation, skipped=skipped,
-                    test_has_mask=np.array([i.mask_paths is not None for i in items]))
+                    test_has_mask=np.array([i.mask_paths is not None for i in items]),
+                    test_regions=regions)
 
 
 def _warn_unlabelled(name: str, items: Sequence[TestItem]) -> None:

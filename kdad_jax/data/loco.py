@@ -4,16 +4,24 @@
 replaces the held-out fraction of train), ``test/good|logical_anomalies|structural_anomalies/*``
 and ``ground_truth/<defect>/<image stem>/*.png``: a folder of one or more masks per anomalous image
 (one per defect region; their non-zero pixels are united). Image AUROC is also reported per
-anomaly type (good vs logical, good vs structural), as the LOCO paper does. (LOCO's official
-pixel metric is sPRO with per-defect saturation; we report the MVTec AU-PRO of the united masks.)
+anomaly type (good vs logical, good vs structural), as the LOCO paper does. The pixel metrics are
+MVTec AD's on the united masks plus LOCO's own, AU-sPRO: each mask file is one region whose
+pixel value names its defect type in ``<category>/defects_config.json``, with the saturation
+threshold of that type (``metrics.spro_curve``).
 """
 
-import os
-from typing import List
+import json
 
+import os
+from typing import Dict, List, NamedTuple, Optional
+
+import numpy as np
+from PIL import Image
+
+from kdad_jax import metrics
 from kdad_jax.data import images as image_io
 from kdad_jax.data import mvtec
-from kdad_jax.data.records import Layout
+from kdad_jax.data.records import Layout, Region
 from kdad_jax.errors import UserError
 
 ANOMALY_TYPES = ("logical_anomalies", "structural_anomalies")
@@ -41,4 +49,57 @@ def find(root: str, name: str) -> Layout:
     return Layout(mvtec.normal_images(os.path.join(category_root, "train", "good"), "training"),
                   mvtec.test_items(category_root, _mask_paths),
                   validation=mvtec.normal_images(os.path.join(category_root, "validation", "good"),
-                                                 "validation"))
+                                                 "validation"),
+                  defect_types=read_defect_types(category_root))
+
+
+class DefectType(NamedTuple):
+    name: str
+    saturation_threshold: float
+    relative: bool
+
+
+def read_defect_types(category_root: str) -> Optional[Dict[int, DefectType]]:
+    """{mask pixel value: DefectType} from ``defects_config.json``; None when the file is absent
+    (then no sPRO)."""
+    path = os.path.join(category_root, "defects_config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+        return {int(e["pixel_value"]): DefectType(str(e["defect_name"]), float(e["saturation_threshold"]),
+                                                 bool(e["relative_saturation"])) for e in entries}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: not a LOCO defects config ({type(e).__name__}: {e}); expected a "
+                        f"list of {{defect_name, pixel_value, saturation_threshold, "
+                        f"relative_saturation}}") from None
+
+
+def read_regions(mask_paths, size: int, defect_types: Dict[int, DefectType]) -> List[Region]:
+    """One Region per mask file of an image, its mask resized (nearest) to [size, size].
+
+    The saturation area is the evaluator's at the mask's original size, scaled by how much the
+    resize changed the region's area (ours: so a relative threshold of 1 still needs the whole
+    region, an absolute one the same fraction of it). A region the resize erases is left out."""
+    regions = []
+    for path in mask_paths:
+        values = image_io.mask_values(image_io.open_image(path))
+        if values.ndim == 3:
+            values = values.max(axis=2)
+        present = np.unique(values[values > 0])
+        if len(present) != 1:
+            raise UserError(f"{path}: a LOCO mask holds one defect value, found {present.tolist()}")
+        value = int(present[0])
+        if value not in defect_types:
+            raise UserError(f"{path}: pixel value {value} is not in defects_config.json "
+                            f"(it lists {sorted(defect_types)})")
+        kind = defect_types[value]
+        original = values > 0
+        resized = np.asarray(Image.fromarray(original.astype(np.uint8) * 255)
+                             .resize((size, size), Image.NEAREST)) > 0
+        if not resized.any():
+            continue
+        saturation = metrics.saturation_area(int(original.sum()), kind.saturation_threshold, kind.relative)
+        regions.append(Region(resized, kind.name, saturation * resized.sum() / original.sum()))
+    return regions

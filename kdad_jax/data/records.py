@@ -18,6 +18,16 @@ class Layout(NamedTuple):
     train: List[str]
     test: List[TestItem]
     validation: Optional[List[str]] = None  # the dataset's own validation split (LOCO)
+    # LOCO: {mask pixel value: loco.DefectType} from defects_config.json (regions for sPRO)
+    defect_types: Optional[dict] = None
+
+
+class Region(NamedTuple):
+    """One ground-truth region (a LOCO mask file) for sPRO."""
+
+    mask: np.ndarray      # [S, S] bool
+    defect: str           # its defect type's name
+    saturation: float     # pixels (at [S, S]) at which its sPRO reaches 1
 
 
 @dataclasses.dataclass
@@ -35,6 +45,8 @@ class Category:
     # [M] bool: False for anomalous images that have an image-level label only (no mask).
     test_has_mask: Optional[np.ndarray] = None
     skipped: List[str] = dataclasses.field(default_factory=list)  # "path: why" per skipped file
+    # LOCO with defects_config.json: [M] lists of Region per test image (sPRO); else None.
+    test_regions: Optional[List[list]] = None
 
     def __post_init__(self):
         if self.test_has_mask is None:

@@ -11,15 +11,17 @@ import numpy as np
 from kdad_jax import metrics
 from kdad_jax.metrics import METRIC_KEYS
 
-EXTRA_KEYS = ("image_auroc_logical", "image_auroc_structural")  # LOCO's two anomaly types
+# LOCO's two anomaly types: AU-sPRO at FPR ≤ 0.05 (its paper's headline) and image AUROC
+EXTRA_KEYS = ("au_spro_logical", "au_spro_structural", "image_auroc_logical", "image_auroc_structural")
 TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO (FPR≤0.3)",
           "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max",
-          "image_auroc_logical": "image AUROC logical", "image_auroc_structural": "image AUROC structural"}
+          "image_auroc_logical": "image AUROC logical", "image_auroc_structural": "image AUROC structural",
+          "au_spro_logical": "AU-sPRO logical (FPR≤0.05)", "au_spro_structural": "AU-sPRO structural (FPR≤0.05)"}
 PLOT_POINTS = 2000  # curves are thinned to this many points for drawing (the metrics use all)
 
 
 def table_keys(per_category: Dict[str, dict]) -> List[str]:
-    """The metric columns: the standard five, plus LOCO's per-type AUROCs where present."""
+    """The metric columns: the standard five, plus LOCO's per-type AU-sPRO and AUROC where present."""
     return list(METRIC_KEYS) + [k for k in EXTRA_KEYS if any(k in r for r in per_category.values())]
 
 

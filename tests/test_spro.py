@@ -1,0 +1,123 @@
+"""MVTec LOCO's AU-sPRO: hand-computed cases, a slow literal implementation, the layout's regions."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kdad_jax import evaluate, metrics
+from kdad_jax.data import dataset, loco
+from kdad_jax.errors import UserError
+from tests.test_layouts import LOCO_DEFECTS, build_loco
+
+
+def slow_spro_curve(maps, regions):
+    """The evaluator's definition read literally: for every threshold t (each distinct score, and
+    one below all), positive = score > t; per region min(tp / saturation, 1), averaged; FPR over
+    pixels outside every region of their image. Points ordered from the highest threshold."""
+    maps = np.asarray(maps, np.float64)
+    defect = np.zeros(maps.shape, bool)
+    for index, mask, _ in regions:
+        defect[index] |= mask
+    thresholds = np.r_[np.unique(maps)[::-1], -np.inf]
+    fprs, spros = [], []
+    for t in thresholds:
+        positive = maps > t
+        fprs.append((positive & ~defect).sum() / (~defect).sum())
+        spros.append(np.mean([min((positive[i] & m).sum() / s, 1.0) for i, m, s in regions]))
+    return np.array(fprs), np.array(spros)
+
+
+def slow_au_spro(maps, regions, limit):
+    fpr, spro = slow_spro_curve(maps, regions)
+    keep = fpr <= limit
+    x, y = fpr[keep], spro[keep]
+    if x[-1] < limit:  # interpolate at the limit between the last kept point and the next
+        nxt = np.argmax(fpr > limit)
+        y_limit = y[-1] + (spro[nxt] - y[-1]) * (limit - x[-1]) / (fpr[nxt] - x[-1])
+        x, y = np.r_[x, limit], np.r_[y, y_limit]
+    return np.trapezoid(y, x) / limit
+
+
+def test_hand_computed_case():
+    # Image 0: a 2-pixel region (scores 0.9, 0.1) saturating at 2 pixels; image 1 is good. Normal
+    # pixels: 0.5, 0.2 (image 0) and 0.3, 0.4, 0.6, 0.05 (image 1): six of them.
+    maps = np.array([[[0.9, 0.1, 0.5, 0.2]], [[0.3, 0.4, 0.6, 0.05]]])
+    region = np.array([[True, True, False, False]])
+    regions = [(0, region, 2.0)]
+    # sPRO 0.5 from FPR 0 to 5/6 (0.9 is positive before any normal pixel, 0.1 after five), then 1.
+    assert metrics.au_spro(maps, regions, 0.5) == pytest.approx(0.5)
+    assert metrics.au_spro(maps, regions, 1.0) == pytest.approx(0.5 * 5 / 6 + 1 / 6)
+    # Saturating at one pixel: 0.9 alone gives sPRO 1 at FPR 0.
+    assert metrics.au_spro(maps, [(0, region, 1.0)], 0.05) == pytest.approx(1.0)
+    # A fractional saturation of 1.5: 0.9 gives 1 / 1.5.
+    assert metrics.au_spro(maps, [(0, region, 1.5)], 0.5) == pytest.approx(1 / 1.5)
+
+
+def test_saturation_area_is_the_evaluators():
+    assert metrics.saturation_area(7, 0.5, relative=True) == 3      # int(3.5)
+    assert metrics.saturation_area(100, 6300, relative=False) == 100  # capped by the area
+    assert metrics.saturation_area(100, 5, relative=False) == 5
+    assert metrics.saturation_area(1, 0.5, relative=True) == 1      # ours: never zero
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_the_slow_literal_implementation(seed):
+    """Random maps with many ties (scores rounded), overlapping regions, several regions per
+    image, fractional saturations: every FPR limit of the issue."""
+    rng = np.random.default_rng(seed)
+    maps = np.round(rng.uniform(size=(4, 9, 11)), 1)
+    regions = []
+    for index in (0, 0, 1, 3):
+        mask = np.zeros((9, 11), bool)
+        y, x = rng.integers(0, 6, size=2)
+        mask[y:y + rng.integers(1, 4), x:x + rng.integers(1, 5)] = True
+        regions.append((index, mask, float(rng.uniform(0.5, mask.sum()))))
+    maps[0][regions[0][1]] += 0.3  # some signal
+    fpr, spro = metrics.spro_curve(maps, regions)
+    slow_fpr, slow_spro = slow_spro_curve(maps, regions)
+    np.testing.assert_allclose(fpr, slow_fpr, atol=1e-12)
+    np.testing.assert_allclose(spro, slow_spro, atol=1e-12)
+    for limit in metrics.SPRO_FPR_LIMITS:
+        assert metrics.au_spro(maps, regions, limit) == pytest.approx(slow_au_spro(maps, regions, limit), abs=1e-12)
+
+
+def test_loco_layout_reads_regions_with_their_saturation(tmp_path):
+    base = build_loco(tmp_path)
+    data = dataset.read_category("loco", str(tmp_path), "boxes", 32)
+    counts = [len(r) for r in data.test_regions]
+    assert counts == [0, 0, 2, 1, 1, 1]  # the first logical image has two mask files
+    first, extra = data.test_regions[2]
+    assert (first.defect, extra.defect) == ("missing_part", "extra_part")
+    # 12×12 = 144 original pixels saturating at 20: the same fraction of the resized region.
+    assert first.saturation == pytest.approx(20 * first.mask.sum() / 144)
+    assert extra.saturation == pytest.approx(5 * extra.mask.sum() / 36)
+    structural = data.test_regions[4][0]
+    assert structural.defect == "scratch" and structural.saturation == pytest.approx(structural.mask.sum())
+    # the united mask is still what AU-PRO sees
+    np.testing.assert_array_equal(data.test_masks[2], first.mask | extra.mask)
+
+    (base / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS[1:]))
+    with pytest.raises(UserError, match=r"000.png: pixel value 10 is not in defects_config.json"):
+        dataset.read_category("loco", str(tmp_path), "boxes", 32)
+    (base / "defects_config.json").write_text("{not json")
+    with pytest.raises(UserError, match="defects_config.json: not a LOCO defects config"):
+        dataset.read_category("loco", str(tmp_path), "boxes", 32)
+    (base / "defects_config.json").unlink()
+    assert dataset.read_category("loco", str(tmp_path), "boxes", 32).test_regions is None
+
+
+def test_metrics_group_logical_and_structural_as_the_evaluator(tmp_path):
+    """'logical' is over good + logical images only: its FPR ignores structural images' pixels."""
+    build_loco(tmp_path)
+    data = dataset.read_category("loco", str(tmp_path), "boxes", 32)
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(size=data.test_masks.shape) + 0.5 * data.test_masks
+    result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
+                                      data.test_defects, data.test_regions)
+    assert set(result["au_spro"]) == {"all", "logical", "structural"}
+    chosen = [0, 1, 2, 3]
+    regions = [(n, r.mask, r.saturation) for n, i in enumerate(chosen) for r in data.test_regions[i]]
+    for limit in metrics.SPRO_FPR_LIMITS:
+        assert result["au_spro"]["logical"][str(limit)] == pytest.approx(
+            slow_au_spro(maps[chosen], regions, limit), abs=1e-12)
