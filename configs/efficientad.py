@@ -7,7 +7,7 @@ Presets (the part after ':' in --config):
   m           EfficientAD-M, otherwise the paper settings.
   cpu         real data on a 2-core CPU: the shipped PDN-S teacher, 160² images, batch 1, 1500
               steps at lr 1e-3 (x0.1 for the last 5 %) — README "Real data on a CPU" gives the
-              time (about 17 minutes per category) and the scores on real MVTec bottle. Chosen on
+              time (about 13 minutes per category) and the scores on real MVTec bottle. Chosen on
               defects pasted into held-out bottle *training* images (kdad_jax/data/synthetic.py),
               never on a test split; there, with the shipped (step-900) teacher: 128² x 1000
               steps 0.982 / 0.969 / 0.872 (image AUROC / pixel AUROC / AU-PRO), 160² x 1500

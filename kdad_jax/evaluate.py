@@ -105,8 +105,7 @@ def _au_spro_by_type(maps, regions, defects) -> Dict[str, Dict[str, Optional[flo
         indices = np.flatnonzero(chosen)
         flat = [(n, r.mask, r.saturation) for n, i in enumerate(indices) for r in regions[i]]
         curve = metrics.spro_curve(maps[indices], flat)
-        found[group] = {str(limit): (None if curve is None else
-                                     metrics.area_until(*curve, limit) / limit)
+        found[group] = {str(limit): metrics.normalized_area(curve, limit)
                         for limit in metrics.SPRO_FPR_LIMITS}
     return found
 

@@ -68,7 +68,7 @@ def f1_max(scores, labels) -> Tuple[Optional[float], Optional[float]]:
     return float(f1[best]), float(thresholds[best])
 
 
-def area_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+def _area_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     """Trapezoidal area under y(x) for x in [0, limit]; x ascending, y interpolated at limit."""
     end = int(np.searchsorted(x, limit, side="right"))
     xs, ys = x[:end], y[:end]
@@ -99,13 +99,16 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray):
     return np.r_[0.0, fps], np.r_[0.0, pros]
 
 
-def au_pro(maps, masks, fpr_limit: float = 0.3) -> Optional[float]:
-    """Normalized area under the PRO curve for FPR ≤ ``fpr_limit`` (1.0 = perfect)."""
-    curve = pro_curve(maps, masks)
+def normalized_area(curve, fpr_limit: float) -> Optional[float]:
+    """Area under a (fpr, y) curve for FPR ≤ ``fpr_limit``, divided by it; None for no curve."""
     if curve is None:
         return None
-    fpr, pro = curve
-    return area_until(fpr, pro, fpr_limit) / fpr_limit
+    return _area_until(*curve, fpr_limit) / fpr_limit
+
+
+def au_pro(maps, masks, fpr_limit: float = 0.3) -> Optional[float]:
+    """Normalized area under the PRO curve for FPR ≤ ``fpr_limit`` (1.0 = perfect)."""
+    return normalized_area(pro_curve(maps, masks), fpr_limit)
 
 
 # --- MVTec LOCO AD's saturated per-region overlap (sPRO) -----------------------------------------
@@ -156,11 +159,7 @@ def spro_curve(maps: np.ndarray, regions: Sequence[Tuple[int, np.ndarray, float]
 
 def au_spro(maps, regions, fpr_limit: float = 0.05) -> Optional[float]:
     """Area under the mean-sPRO curve for FPR ≤ ``fpr_limit``, divided by ``fpr_limit``."""
-    curve = spro_curve(maps, regions)
-    if curve is None:
-        return None
-    fpr, spro = curve
-    return area_until(fpr, spro, fpr_limit) / fpr_limit
+    return normalized_area(spro_curve(maps, regions), fpr_limit)
 
 
 def saturation_area(defect_area: int, threshold: float, relative: bool) -> float:
