@@ -85,17 +85,19 @@ class Models:
 
     def jit_step(self, step, device_data: bool):
         """``step(state, frozen, stats, data, batch, rng)`` for one model -> the jitted step
-        (``device_data``: ``data`` is a ``resident.Resident``, else ``()``). On CPU compiled
-        without YNNPACK fusions, as inference is (``inference.compiler_options``)."""
-        options = inference.compiler_options() or None
+        (``device_data``: ``data`` is a ``resident.Resident``, else ``()``). Compiled, on the
+        first call or ``lower``, with the options ``inference.train_compiler_options`` picks for
+        the state's parameters."""
         if not self.stacked:
             batch = parallel.batch_sharding(self.mesh)
-            return jax.jit(step, in_shardings=(self.replicated,) * 4 + (batch, self.replicated),
-                           out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
-                           compiler_options=options)
+            return _JitForParams(lambda options: jax.jit(
+                step, in_shardings=(self.replicated,) * 4 + (batch, self.replicated),
+                out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
+                compiler_options=options))
         data_axes = resident.Resident(0, None, None) if device_data else None
         stepped = jax.vmap(step, in_axes=(0, None, 0, data_axes, 0, None))
-        return jax.jit(stepped, donate_argnums=(0,), compiler_options=options)
+        return _JitForParams(lambda options: jax.jit(stepped, donate_argnums=(0,),
+                                                     compiler_options=options))
 
     def per_model(self, metrics_host: dict):
         """[(name, manager, scalar metrics)] for each model."""
@@ -116,3 +118,23 @@ class Models:
         host_state = jax.device_get(state)
         for i, mngr in enumerate(self.mngrs):
             checkpoint.save_state(mngr, take(host_state, i), take(stats, i))
+
+
+class _JitForParams:
+    """A jitted step whose compiler options depend on the network (``state.params``), made on
+    the first call or ``lower``; behaves as the jitted function for both."""
+
+    def __init__(self, make):
+        self._make = make
+        self._jitted = None
+
+    def _for(self, state):
+        if self._jitted is None:
+            self._jitted = self._make(inference.train_compiler_options(state.params) or None)
+        return self._jitted
+
+    def __call__(self, state, *args):
+        return self._for(state)(state, *args)
+
+    def lower(self, state, *args):
+        return self._for(state).lower(state, *args)

@@ -31,3 +31,16 @@ def test_inference_jit_matches_plain_jit():
     expected = jax.jit(model.apply)(params, x)
     got = inference.jit(model.apply)(params, x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_train_step_options_keep_ynn_only_for_depthwise_networks():
+    """Dense k×k networks (PDN, ResNet, patch nets) train faster without YNNPACK on CPU,
+    EfficientNet's depthwise ones with it (measured, see kdad_jax/inference.py)."""
+    dense = {"conv": {"kernel": jnp.zeros((4, 4, 3, 8)), "bias": jnp.zeros(8)}}
+    depthwise = {**dense, "dw": {"kernel": jnp.zeros((3, 3, 1, 8))}}
+    stacked_depthwise = {"dw": {"kernel": jnp.zeros((2, 3, 3, 1, 8))}}  # K stacked models
+    pointwise = {**dense, "pw": {"kernel": jnp.zeros((1, 1, 1, 8))}}      # not depthwise
+    assert inference.train_compiler_options(dense) == inference.compiler_options()
+    assert inference.train_compiler_options(pointwise) == inference.compiler_options()
+    assert inference.train_compiler_options(depthwise) == {}
+    assert inference.train_compiler_options(stacked_depthwise) == {}
