@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kdad_jax.models.windows import window_taps
+
 
 def _native_conv(x, kernel, strides, padding, groups=1, dilation=(1, 1)):
     return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
@@ -40,12 +42,9 @@ def _depthwise_shift_conv(x, kernel, strides, padding):
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     ho = (padded.shape[1] - kh) // sh + 1
     wo = (padded.shape[2] - kw) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            term = padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] * kernel[i, j, 0]
-            out = term if out is None else out + term
-    return out
+    terms = [tap * kernel[i, j, 0]
+             for (i, j), tap in window_taps(padded, (kh, kw), strides, (ho, wo))]
+    return functools.reduce(lambda a, b: a + b, terms)
 
 
 def _tap_weight_grad(padded, kernel_shape, cotangent, strides, dilation):
@@ -53,11 +52,9 @@ def _tap_weight_grad(padded, kernel_shape, cotangent, strides, dilation):
     output cotangent is ``cotangent`` [B, h, w, Cout]: one product per tap (i, j) of the input
     slice that tap sees, [Cin, B·h·w] @ [B·h·w, Cout]."""
     kh, kw, cin, cout = kernel_shape
-    (sh, sw), (dh, dw) = strides, dilation
-    _, ho, wo, _ = cotangent.shape
     flat_cotangent = cotangent.reshape(-1, cout)
-    taps = [padded[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw, :]
-            .reshape(-1, cin).T @ flat_cotangent for i in range(kh) for j in range(kw)]
+    taps = [tap.reshape(-1, cin).T @ flat_cotangent
+            for _, tap in window_taps(padded, (kh, kw), strides, cotangent.shape[1:3], dilation)]
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 

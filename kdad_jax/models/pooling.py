@@ -15,15 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kdad_jax.models.windows import window_taps
+
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
-
-
-def _window_taps(padded, window, strides, out_hw):
-    """Yield ((i, j), slice of ``padded`` [B, H', W', C] that window tap (i, j) sees [B, h, w, C])."""
-    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
-    for i in range(kh):
-        for j in range(kw):
-            yield (i, j), padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
 
 
 def _pad(x, padding: Padding):
@@ -52,7 +46,7 @@ def _max_pool_bwd(window, strides, padding, residuals, cotangent):
     (sh, sw), (ho, wo) = strides, out.shape[1:3]
     taken = jnp.zeros(out.shape, bool)
     grad = jnp.zeros(padded.shape, cotangent.dtype)
-    for (i, j), tap in _window_taps(padded, window, strides, (ho, wo)):
+    for (i, j), tap in window_taps(padded, window, strides, (ho, wo)):
         chosen = (tap == out) & ~taken
         taken = taken | chosen
         # Transpose of the strided slice: interior padding puts each value back where it came from.
