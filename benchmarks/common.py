@@ -116,8 +116,20 @@ def torch_available() -> bool:
         return False
 
 
-def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
-    """CLI shared by the benchmarks: one child process per (model, batch, side); JSON on stdout."""
+def module_available(*names: str) -> bool:
+    try:
+        for name in names:
+            __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+def main(script: str, benchmark: str, unit: str, jax_case, torch_case, onnx_case=None) -> None:
+    """CLI shared by the benchmarks: one child process per (model, batch, side); JSON on stdout.
+
+    ``onnx_case`` (inference): a third side, the model exported to ONNX and run by ONNX Runtime,
+    when the ``onnx`` extra is installed."""
     import argparse
     import platform
 
@@ -133,7 +145,7 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
     args = parser.parse_args()
     if args.case:
         case = json.loads(args.case)
-        fn = jax_case if case["side"] == "jax" else torch_case
+        fn = {"jax": jax_case, "torch": torch_case, "onnxruntime": onnx_case}[case["side"]]
         print(json.dumps(fn(case["model"], case["batch"], case["image_size"], case["repeats"])))
         return
     device_counts = [int(d) for d in args.devices.split(",")]
@@ -153,6 +165,11 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case) -> None:
                     row.update(run_case_in_child(script, {**case, "side": "torch"}))
                     if "jax_s" in row and "torch_s" in row:
                         row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
+                if devices == 1 and onnx_case and module_available("onnx", "onnxruntime"):
+                    row.update(run_case_in_child(script, {**case, "side": "onnxruntime"}))
+                    for other in ("jax", "torch"):
+                        if "onnxruntime_s" in row and f"{other}_s" in row:
+                            row[f"onnxruntime_over_{other}"] = row["onnxruntime_s"] / row[f"{other}_s"]
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress
     print(json.dumps({"benchmark": benchmark, "unit": unit,

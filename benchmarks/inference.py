@@ -1,12 +1,15 @@
 """Inference (EfficientAD: teacher + student + AE + normalization + resize; STFPM: teacher +
-student + layer maps + resize): kdad_jax vs PyTorch.
+student + layer maps + resize): kdad_jax vs PyTorch, and kdad_jax's ONNX export run by ONNX
+Runtime (CPU provider; when the ``onnx`` extra is installed).
 
     python benchmarks/inference.py [--models s,m] [--batches 1,8] [--image-size 256] [--repeats 5]
     python benchmarks/inference.py --models stfpm --batches 1,32 --image-size 128
 
 Prints one JSON object: per model and batch, median seconds per batch and per image after
-warm-up, compile time, peak RSS (each case in its own process) and the jax/torch ratio. The JAX
-side is the function ``evaluate`` uses: ``inference.jit(method.anomaly_map)``, one XLA program.
+warm-up, compile time, peak RSS (each case in its own process) and the jax/torch,
+onnxruntime/jax and onnxruntime/torch ratios. The JAX side is the function ``evaluate`` uses:
+``inference.jit(method.anomaly_map)``, one XLA program; the ONNX side is that function exported
+by ``--config.export.format=onnx`` (``kdad_jax.serve.onnx_export``) with the same weights.
 """
 
 import os
@@ -17,6 +20,15 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import common  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _setup_and_stats(size, batch, image_size):
+    setup = common.jax_setup(size, batch, image_size)
+    stats = setup.stats
+    if "q_st" in stats:  # EfficientAD: any calibration, it is not part of the timing
+        stats = {**stats, "q_st": np.array([0.0, 1.0], np.float32), "q_ae": np.array([0.0, 1.0], np.float32)}
+    return setup, stats
 
 
 def jax_case(size, batch, image_size, repeats):
@@ -27,12 +39,9 @@ def jax_case(size, batch, image_size, repeats):
 
     from kdad_jax import inference
 
-    setup = common.jax_setup(size, batch, image_size)
+    setup, stats = _setup_and_stats(size, batch, image_size)
     method, frozen, params, model_state = setup.method, setup.frozen, setup.params, setup.model_state
     images = jnp.asarray(setup.images)
-    stats = setup.stats
-    if "q_st" in stats:  # EfficientAD: any calibration, it is not part of the timing
-        stats = {**stats, "q_st": jnp.array([0.0, 1.0]), "q_ae": jnp.array([0.0, 1.0])}
     start = time.perf_counter()
     compiled = inference.jit(method.anomaly_map).lower(
         params, model_state, frozen, stats, images).compile()
@@ -53,5 +62,25 @@ def torch_case(size, batch, image_size, repeats):
             "torch_peak_rss_mb": common.peak_rss_mb(), "torch_threads": torch.get_num_threads()}
 
 
+def onnx_case(size, batch, image_size, repeats):
+    import time
+
+    import onnxruntime
+
+    from kdad_jax import parallel
+    from kdad_jax.serve import onnx_export
+
+    setup, stats = _setup_and_stats(size, batch, image_size)
+    arguments = parallel.to_host((setup.params, setup.model_state, setup.frozen, stats))
+    start = time.perf_counter()
+    model = onnx_export.to_onnx(setup.method.anomaly_map, arguments, (image_size, image_size, 3))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    convert_s = time.perf_counter() - start
+    seconds = common.median_time(lambda: session.run(["maps"], {"images": setup.images}), repeats)
+    return {"onnxruntime_s": seconds, "onnxruntime_per_image_s": seconds / batch,
+            "onnxruntime_convert_s": convert_s, "onnxruntime_peak_rss_mb": common.peak_rss_mb(),
+            "onnxruntime_version": onnxruntime.__version__}
+
+
 if __name__ == "__main__":
-    common.main(__file__, "inference", "seconds per batch (median)", jax_case, torch_case)
+    common.main(__file__, "inference", "seconds per batch (median)", jax_case, torch_case, onnx_case)

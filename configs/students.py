@@ -64,6 +64,9 @@ def _base():
     c.eval.num_heatmaps = 8
     c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
     c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
+
+    c.export = ml_collections.ConfigDict()
+    c.export.format = "jax_export"  # --mode=export writes: jax_export (StableHLO, any JAX platform) | onnx
     return c
 
 

@@ -81,6 +81,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     When a category fails after others finished, their results are written first (with the
     failure under ``failed``), then the error is raised."""
     validate.check(config)
+    if mode == "export":
+        export.check_format(config.get("export", {}).get("format", "jax_export"))
     if config.get("task") == "pretrain_teacher":
         if mode != "train":
             raise UserError("teacher pretraining has only --mode=train")
@@ -158,7 +160,8 @@ def _evaluate_and_export(config, workdir, method, data, trained, mode, writer) -
             os.path.join(workdir, "export", data.name), method, trained, config.image_size,
             {"category": data.name, "threshold": result["thresholds"]["image_threshold"],
              "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
-                 k: result[k] for k in evaluate.METRIC_KEYS}})
+                 k: result[k] for k in evaluate.METRIC_KEYS}},
+            export_format=config.get("export", {}).get("format", "jax_export"))
         print(f"{data.name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
     return result
 

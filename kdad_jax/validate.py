@@ -70,6 +70,7 @@ _RULES = {
     "model.out_channels": _int_at_least(1),
     "loss.hard_quantile": _number_in(0, 1),
     "penalty.grayscale_prob": _number_in(0, 1),
+    "export.format": _one_of("jax_export", "onnx"),
 }
 
 
@@ -103,6 +104,14 @@ def _teacher_problem(flat) -> Optional[str]:
     return None
 
 
+def _export_problem(flat) -> Optional[str]:
+    """ONNX exports are float32 (ONNX Runtime's CPU convolutions have no bfloat16)."""
+    if flat.get("export.format") == "onnx" and flat.get("train.compute_dtype") == "bfloat16":
+        return ("config.export.format='onnx' with config.train.compute_dtype='bfloat16': ONNX "
+                "exports are float32; export this run with export.format='jax_export'")
+    return None
+
+
 def problems(config) -> List[str]:
     """Every bad value in ``config``, one line each (empty when all is well)."""
     flat, lines = dict(flatten(config)), []
@@ -110,7 +119,7 @@ def problems(config) -> List[str]:
         value = flat.get(key, _MISSING)
         if value is not _MISSING and not ok(value):
             lines.append(f"config.{key}={value!r}: must be {allowed}")
-    for extra in (_steps_problem(flat), _teacher_problem(flat)):
+    for extra in (_steps_problem(flat), _teacher_problem(flat), _export_problem(flat)):
         if extra:
             lines.append(extra)
     return lines

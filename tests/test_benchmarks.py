@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, optional_module
 
 
 def test_accelerator_benchmark_prints_its_figures():
@@ -30,3 +30,19 @@ def test_accelerator_benchmark_prints_its_figures():
     assert group["models"] == 2
     assert group["projected_15_categories_min"] == pytest.approx(
         math.ceil(15 / 2) * group["step_ms"] * 70 / 60, rel=0.01, abs=0.1)
+
+
+def test_inference_benchmark_puts_onnx_runtime_beside_jax_and_torch():
+    optional_module("onnxruntime", "onnx")
+    optional_module("torch", "convert")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/inference.py", "--models", "s", "--batches", "2",
+         "--image-size", "64", "--repeats", "1"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (case,) = json.loads(proc.stdout)["cases"]
+    assert "error" not in case, case
+    for side in ("jax", "torch", "onnxruntime"):
+        assert case[f"{side}_s"] > 0 and case[f"{side}_per_image_s"] == pytest.approx(case[f"{side}_s"] / 2)
+    assert case["onnxruntime_over_jax"] == pytest.approx(case["onnxruntime_s"] / case["jax_s"])
+    assert case["onnxruntime_over_torch"] == pytest.approx(case["onnxruntime_s"] / case["torch_s"])

@@ -1,4 +1,4 @@
-"""Run an exported detector (``--mode=export``) with JAX alone: no training code, no configs.
+"""Run an exported detector (``--mode=export``): no training code, no configs.
 
     import kdad_jax.serve.deploy as deploy
     detector = deploy.load("W/export/bottle")
@@ -13,25 +13,31 @@ a Python list of ints), floats outside [0, 1], NaN or Inf (a broken camera frame
 ``ValueError`` saying what was expected: never a score that reads as "good". An empty batch
 ``[0, H, W, 3]`` gives empty results.
 
-This module imports only JAX, NumPy, Pillow and Flax's msgpack reader, so a production image
-needs the ``kdad_jax`` wheel's dependencies but runs none of its training code.
+A ``jax_export`` artifact runs with JAX (on whichever of cpu, cuda, tpu it finds); an ONNX one
+(``--config.export.format=onnx``) with ONNX Runtime, on its CUDA provider when that build is
+installed, else on CPU — JAX is then not used at all. This module imports only NumPy,
+Pillow and, for the artifact it loads, JAX with Flax's msgpack reader or ONNX Runtime, so a
+production image runs none of the training code.
 """
 
 import json
 import os
 from typing import Optional
 
+from typing import Callable
+
 import numpy as np
-from flax import serialization
-from jax import export as jax_export
 from PIL import Image
 
 FUNCTION_FILE, WEIGHTS_FILE, META_FILE = "model.jax_export", "weights.msgpack", "meta.json"
+ONNX_FILE = "model.onnx"
 
 
 class Detector:
-    def __init__(self, exported, arguments, meta: dict):
-        self._exported, self._arguments, self.meta = exported, arguments, meta
+    """``run`` maps a [B, S, S, 3] float32 batch to [B, S, S] maps (the exported function)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], meta: dict):
+        self._run, self.meta = run, meta
         self.image_size = int(meta["image_size"])
         self.threshold: Optional[float] = meta.get("threshold")
 
@@ -44,7 +50,7 @@ class Detector:
         batch = self._prepare(images)
         if len(batch) == 0:
             return np.zeros((0, self.image_size, self.image_size), np.float32)
-        return np.asarray(self._exported.call(*self._arguments, batch))
+        return np.asarray(self._run(batch))
 
     def scores(self, images) -> np.ndarray:
         maps = self.maps(images)
@@ -109,10 +115,31 @@ def _resize(batch: np.ndarray, size: int) -> np.ndarray:
 
 
 def load(folder: str) -> Detector:
+    """The detector exported to ``folder`` (either format; ``meta.json`` says which)."""
     with open(os.path.join(folder, META_FILE)) as f:
         meta = json.load(f)
+    if str(meta.get("format", "")).startswith("kdad_jax onnx"):
+        return Detector(_onnx_runner(os.path.join(folder, ONNX_FILE)), meta)
+    return Detector(_jax_runner(folder, meta["arguments"]), meta)
+
+
+def _jax_runner(folder: str, argument_names) -> Callable:
+    from flax import serialization
+    from jax import export as jax_export
     with open(os.path.join(folder, FUNCTION_FILE), "rb") as f:
         exported = jax_export.deserialize(bytearray(f.read()))
     with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
         weights = serialization.msgpack_restore(f.read())
-    return Detector(exported, [weights[name] for name in meta["arguments"]], meta)
+    arguments = [weights[name] for name in argument_names]
+    return lambda batch: exported.call(*arguments, batch)
+
+
+def _onnx_runner(path: str) -> Callable:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(f"{path} is an ONNX model: pip install onnxruntime (or kdad_jax[onnx])") from None
+    preferred = ("CUDAExecutionProvider", "CPUExecutionProvider")  # TensorRT: build an engine from the file
+    available = onnxruntime.get_available_providers()
+    session = onnxruntime.InferenceSession(path, providers=[p for p in preferred if p in available])
+    return lambda batch: session.run(["maps"], {"images": batch})[0]

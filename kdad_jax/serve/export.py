@@ -10,7 +10,12 @@ Writes ``W/export/<category>/``:
   meta.json          image size, method, platforms (cpu, cuda and tpu, whatever exported it),
                      the normalization constants' names and shapes, and the image-score
                      threshold when evaluation chose one
-``kdad_jax.serve.deploy.load`` runs it with JAX alone (no training code, no configs).
+With ``--config.export.format=onnx`` instead:
+  model.onnx         the same function as one ONNX model (opset 18, weights inside, batch
+                     dynamic): images [batch, S, S, 3] float32 RGB in [0, 1] -> maps [batch, S, S];
+                     runs in ONNX Runtime, OpenVINO, TensorRT (``kdad_jax.serve.onnx_export``)
+  meta.json          as above, ``format`` 'kdad_jax onnx v1'
+``kdad_jax.serve.deploy.load`` runs either (JAX, or ONNX Runtime), without training code or configs.
 """
 
 import json
@@ -23,19 +28,36 @@ import numpy as np
 from jax import export as jax_export
 
 from kdad_jax import parallel
-from kdad_jax.serve.deploy import FUNCTION_FILE, META_FILE, WEIGHTS_FILE  # the reader owns the layout
+from kdad_jax.errors import UserError
+from kdad_jax.serve.deploy import (FUNCTION_FILE, META_FILE, ONNX_FILE,  # the reader owns the layout
+                                   WEIGHTS_FILE)
 
 # jax.export lowers for platforms it is not running on: one artifact made on a laptop runs on a
 # CPU server, a CUDA GPU or a TPU (deploy picks the platform it finds).
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
+FORMATS = ("jax_export", "onnx")
+
+
+def check_format(export_format: str) -> None:
+    """Before any work: the chosen format can be written here (``UserError`` naming the fix)."""
+    if export_format == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise UserError("config.export.format='onnx' needs the onnx package: "
+                            "pip install -e '.[onnx]'") from None
+
+
 def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None,
-                    platforms: Sequence[str] = PLATFORMS) -> str:
-    """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``, lowered for
-    every platform in ``platforms``."""
+                    platforms: Sequence[str] = PLATFORMS, export_format: str = "jax_export") -> str:
+    """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``: with
+    ``jax.export``, lowered for every platform in ``platforms``, or as ONNX."""
     host = parallel.to_host((trained.params, trained.model_state, trained.frozen, trained.stats))
     args = [_plain(a) for a in host]  # the pytree structure deploy gets back from msgpack
+    if export_format == "onnx":
+        return _export_onnx(folder, method, args, image_size, extra_meta)
     batch = jax_export.symbolic_shape("b")[0]
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
     specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
@@ -57,6 +79,33 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         "compute_dtype": method.info.get("compute_dtype", "float32"),
         "arguments": list(names),
         "normalization_constants": {k: list(np.shape(v)) for k, v in args[3].items()},
+        **(extra_meta or {}),
+    }
+    with open(os.path.join(folder, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    return folder
+
+
+def _export_onnx(folder: str, method, args, image_size: int, extra_meta: Optional[dict]) -> str:
+    from kdad_jax.serve import onnx_export
+    try:
+        model = onnx_export.to_onnx(method.anomaly_map, args, (image_size, image_size, 3),
+                                    doc=f"kdad_jax {method.name} anomaly maps")
+    except onnx_export.UnsupportedError as e:
+        raise UserError(f"config.export.format='onnx': {method.name} cannot be written as ONNX "
+                        f"({e}); export it with export.format='jax_export'") from None
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ONNX_FILE), "wb") as f:
+        f.write(model.SerializeToString())
+    meta = {
+        "format": "kdad_jax onnx v1",
+        "method": method.name,
+        "image_size": image_size,
+        "input": "images: float32 RGB in [0, 1], [batch, S, S, 3] (NHWC; kdad_jax.serve.deploy resizes "
+                 "and scales uint8 images)",
+        "output": "maps: anomaly maps [batch, S, S]; image score = max over the map",
+        "onnx_opset": onnx_export.OPSET,
+        "compute_dtype": "float32",
         **(extra_meta or {}),
     }
     with open(os.path.join(folder, META_FILE), "w") as f:
