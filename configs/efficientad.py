@@ -80,6 +80,11 @@ def _base():
     c.eval.num_heatmaps = 8       # overlay PNGs per category
     c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
     c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
+    # Metrics at each test image's own size, maps resized to it (as MVTec's evaluators and papers
+    # score); the cpu, demo and smoke presets score at image_size (faster; their README figures).
+    c.eval.original_size = True
+    # FPR limits of AU-PRO: `au_pro` at the first, `au_pro_at` at each (MVTec AD 2: (0.05,))
+    c.eval.fpr_limits = (0.3,)
 
     c.export = ml_collections.ConfigDict()
     c.export.format = "jax_export"  # --mode=export writes: jax_export (StableHLO, any JAX platform) | onnx
@@ -87,6 +92,8 @@ def _base():
 
 
 def _apply_preset(c, preset):
+    if preset in ("demo", "cpu", "smoke"):
+        c.eval.original_size = False
     if preset == "m":
         c.model.size = "m"
     elif preset == "demo":

@@ -2,12 +2,13 @@
 thresholds and heat-map pictures. Tables and curve plots are in ``report/tables.py``."""
 
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from kdad_jax import inference, metrics
 from kdad_jax.data.dataset import Category
+from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method
 from kdad_jax.metrics import METRIC_KEYS  # noqa: F401 - re-exported: run.py and tests read it here
 from kdad_jax.report import visualize
@@ -27,6 +28,38 @@ def predict_maps(method: Method, params, model_state, frozen, stats, images: np.
     return np.concatenate(maps)
 
 
+def to_original_size(maps: np.ndarray, sizes) -> List[np.ndarray]:
+    """[N, S, S] maps -> each at its image's (width, height) in ``sizes``: [H_i, W_i] float32.
+
+    Bilinear with half-pixel centres and no antialiasing — torch's ``F.interpolate(...,
+    mode='bilinear')``, with which the EfficientAD reference brings its maps to the original
+    size before MVTec's evaluator scores them."""
+    import jax
+    return [np.asarray(jax.image.resize(m, (height, width), "bilinear", antialias=False))
+            for m, (width, height) in zip(maps, sizes)]
+
+
+# Peak memory of the metrics per test pixel at the original size (float64 scores, weights, sort
+# order and cumulative sums; measured: 103 bytes a pixel for 20 M pixels).
+BYTES_PER_ORIGINAL_PIXEL = 110
+
+
+def check_original_size_memory(name: str, sizes) -> None:
+    """Before training: a ``UserError`` when scoring ``sizes`` (width, height) at their own size
+    would not fit in the memory this machine has available (Linux; elsewhere no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    pixels = sum(w * h for w, h in sizes)
+    needed = pixels * BYTES_PER_ORIGINAL_PIXEL
+    if needed > available:
+        raise UserError(f"{name}: config.eval.original_size=True scores {pixels / 1e6:.0f} M test pixels, "
+                        f"about {needed / 2**30:.1f} GiB while the metrics run, and {available / 2**30:.1f} GiB "
+                        f"are available: set --config.eval.original_size=False (metrics at image_size)")
+
+
 def _image_reason(labels: np.ndarray) -> Optional[str]:
     if not labels.any():
         return "no anomalous test images"
@@ -41,27 +74,30 @@ def _pixel_reason(labels, masks, has_mask, defects) -> Optional[str]:
         names = sorted({defects[i] for i in np.flatnonzero(unmasked)}) if defects else []
         return (f"no ground-truth masks for {int(unmasked.sum())} anomalous test image(s)"
                 f"{' (' + ', '.join(names) + ')' if names else ''}")
-    if not masks.any():
+    pixels = metrics.pooled(masks).astype(bool)
+    if not pixels.any():
         return "no anomalous pixels in the ground truth" if labels.any() else "no anomalous test images"
-    if masks.all():
+    if pixels.all():
         return "no normal pixels in the ground truth"
     return None
 
 
 def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
                     has_mask: Optional[np.ndarray] = None, defects: Optional[List[str]] = None,
-                    regions: Optional[List[list]] = None) -> dict:
-    """Metrics of one category: maps [N, H, W], labels [N], masks [N, H, W] bool.
+                    regions: Optional[List[list]] = None, fpr_limits: Sequence[float] = (0.3,)) -> dict:
+    """Metrics of one category: maps [N, H, W], labels [N], masks [N, H, W] bool (maps and masks
+    may also be lists of [H_i, W_i] arrays: each image at its original size).
 
     A metric the test set cannot define (one class only, anomalous images without masks) is None,
     and ``unavailable`` maps it to the reason. With LOCO's two anomaly types, image AUROC is also
     given per type (good images vs that type): ``image_auroc_logical``/``_structural``; with
     ``regions`` (LOCO's per-file regions, ``data/loco.py``) ``au_spro``: {'all' | 'logical' |
     'structural': {FPR limit: AU-sPRO}}, each over the good images and those of that type, and
-    the table's ``au_spro_logical`` / ``_structural`` at FPR 0.05."""
+    the table's ``au_spro_logical`` / ``_structural`` at FPR 0.05. ``au_pro`` is integrated up to
+    ``fpr_limits[0]``; ``au_pro_at`` gives it at every limit of ``fpr_limits``."""
     labels = np.asarray(labels)
     has_mask = np.ones(len(labels), bool) if has_mask is None else np.asarray(has_mask, bool)
-    scores = maps.reshape(len(maps), -1).max(axis=1)
+    scores = np.array([np.max(m) for m in maps], np.float32)
     result = dict.fromkeys(METRIC_KEYS + ("image_threshold", "pixel_threshold"))
     unavailable = {}
     image_reason = _image_reason(labels)
@@ -73,10 +109,13 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     pixel_reason = _pixel_reason(labels, masks, has_mask, defects)
     if pixel_reason is None:
         result["pixel_auroc"] = metrics.auroc(maps, masks)
-        result["au_pro"] = metrics.au_pro(maps, masks)
+        curve = metrics.pro_curve(maps, masks)
+        result["au_pro_at"] = {str(limit): metrics.normalized_area(curve, limit) for limit in fpr_limits}
+        result["au_pro"] = result["au_pro_at"][str(fpr_limits[0])]
         result["pixel_f1_max"], result["pixel_threshold"] = metrics.f1_max(maps, masks)
     else:
         unavailable.update(dict.fromkeys(("pixel_auroc", "au_pro", "pixel_f1_max"), pixel_reason))
+        result["au_pro_at"] = dict.fromkeys(map(str, fpr_limits))
     per_defect = _per_defect_auroc(scores, labels, defects)
     result["image_auroc_per_defect"] = per_defect
     for kind in ("logical", "structural"):
@@ -92,6 +131,25 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     return result
 
 
+def validation_threshold(validation_maps) -> float:
+    """The segmentation threshold from normal validation maps alone: mean + 3 standard deviations
+    of their pixel scores — the statistic MVTec AD 2's baselines binarize with (as RoBiS, 2025,
+    describes them; the protocol leaves the choice to the method: ours follows the baselines)."""
+    pixels = metrics.pooled(validation_maps, np.float64)
+    return float(pixels.mean() + 3.0 * pixels.std())
+
+
+def segmentation_f1(maps, masks, threshold: float) -> Optional[float]:
+    """SegF1: the F1 of all test pixels, anomalous where score ≥ ``threshold``, against the masks
+    (pooled over images, as MVTec AD 2 scores it); None without anomalous pixels."""
+    truth = metrics.pooled(masks).astype(bool)
+    if not truth.any():
+        return None
+    predicted = metrics.pooled(maps) >= threshold
+    true_positives = int((predicted & truth).sum())
+    return 2.0 * true_positives / (int(predicted.sum()) + int(truth.sum()))
+
+
 def _au_spro_by_type(maps, regions, defects) -> Dict[str, Dict[str, Optional[float]]]:
     """LOCO's AU-sPRO per anomaly type, as its evaluator groups images: 'logical' and
     'structural' over the good images plus that type's, 'all' over every test image."""
@@ -104,7 +162,7 @@ def _au_spro_by_type(maps, regions, defects) -> Dict[str, Dict[str, Optional[flo
     for group, chosen in groups.items():
         indices = np.flatnonzero(chosen)
         flat = [(n, r.mask, r.saturation) for n, i in enumerate(indices) for r in regions[i]]
-        curve = metrics.spro_curve(maps[indices], flat)
+        curve = metrics.spro_curve([maps[i] for i in indices], flat)
         found[group] = {str(limit): metrics.normalized_area(curve, limit)
                         for limit in metrics.SPRO_FPR_LIMITS}
     return found

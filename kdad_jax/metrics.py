@@ -5,7 +5,9 @@
 - AU-PRO as the official MVTec AD evaluator defines it: 8-connected ground-truth regions per
   image, the exact PRO-vs-FPR curve over every threshold, integrated up to FPR 0.3 (interpolated
   there) and divided by 0.3 — never by the curve's end point.
-Functions return None when the labels hold a single class (the metric is undefined).
+Functions return None when the labels hold a single class (the metric is undefined). Pixel
+metrics take maps and masks as arrays [N, H, W] or as sequences of [H_i, W_i] arrays (each test
+image at its own original size, as MVTec's evaluators score them).
 """
 
 from typing import Optional, Sequence, Tuple
@@ -30,9 +32,16 @@ def _descending_cumulative(scores: np.ndarray, weights_pos: np.ndarray, weights_
     return neg[last_of_tie], pos[last_of_tie], sorted_scores[last_of_tie]
 
 
+def pooled(values, dtype=None) -> np.ndarray:
+    """All elements of an array, or of a sequence of differently shaped arrays, as one flat array."""
+    if isinstance(values, (list, tuple)):
+        return np.concatenate([np.asarray(v, dtype).ravel() for v in values]) if values else np.zeros(0, dtype)
+    return np.asarray(values, dtype).ravel()
+
+
 def _binary_counts(scores, labels):
-    scores = np.asarray(scores, np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
+    scores = pooled(scores, np.float64)
+    labels = pooled(labels).astype(bool)
     if labels.all() or not labels.any():
         return None
     return _descending_cumulative(scores, labels.astype(np.float64), (~labels).astype(np.float64))
@@ -78,24 +87,26 @@ def _area_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return float(np.trapezoid(ys, xs))
 
 
-def pro_curve(maps: np.ndarray, masks: np.ndarray):
-    """(fpr, pro) over all thresholds. maps [N, H, W] float, masks [N, H, W] bool."""
-    maps = np.asarray(maps, np.float64)
-    masks = np.asarray(masks, bool)
+def pro_curve(maps, masks):
+    """(fpr, pro) over all thresholds. maps [N, H, W] float, masks [N, H, W] bool (or sequences
+    of [H_i, W_i] arrays)."""
     structure = np.ones((3, 3), bool)  # 8-connectivity
-    region_weights = np.zeros(masks.shape, np.float64)
-    regions = 0
-    for i, mask in enumerate(masks):
+    region_weights, regions = [], 0
+    for mask in masks:
+        mask = np.asarray(mask, bool)
         labeled, count = ndimage.label(mask, structure=structure)
+        weights = np.zeros(mask.shape, np.float64)
         if count:
             sizes = np.bincount(labeled.ravel())
-            region_weights[i] = np.where(labeled > 0, 1.0 / sizes[labeled], 0.0)
+            weights = np.where(labeled > 0, 1.0 / sizes[labeled], 0.0)
             regions += count
-    normal = ~masks
+        region_weights.append(weights.ravel())
+    normal = ~pooled(masks).astype(bool)
     if regions == 0 or not normal.any():
         return None
     fp_weights = normal.astype(np.float64) / normal.sum()
-    fps, pros, _ = _descending_cumulative(maps.ravel(), region_weights.ravel() / regions, fp_weights.ravel())
+    fps, pros, _ = _descending_cumulative(pooled(maps, np.float64), np.concatenate(region_weights) / regions,
+                                          fp_weights)
     return np.r_[0.0, fps], np.r_[0.0, pros]
 
 
@@ -131,16 +142,16 @@ def spro_curve(maps: np.ndarray, regions: Sequence[Tuple[int, np.ndarray, float]
     curve is sampled only where a run of equal scores ends, so the order inside a run is moot.
     ``saturation`` may be fractional (masks resized from the original size): min(tp / s, 1).
     """
-    maps = np.asarray(maps, np.float64)
+    maps = [np.asarray(m, np.float64) for m in maps]
     if not regions:
         return None
-    defect = np.zeros(maps.shape, bool)
+    defect = [np.zeros(m.shape, bool) for m in maps]
     for index, mask, _ in regions:
         defect[index] |= mask
-    normal = ~defect
-    if not normal.any():
+    normal_scores = np.concatenate([m[~d] for m, d in zip(maps, defect)])
+    if not normal_scores.size:
         return None
-    scores = [maps[normal]]
+    scores = [normal_scores]
     positive = [np.zeros(scores[0].size)]
     for index, mask, saturation in regions:
         inside = np.sort(maps[index][mask])[::-1]

@@ -5,6 +5,7 @@ notebook as well. Teacher-pretraining configs (``task = 'pretrain_teacher'``) go
 ``kdad_jax.teachers.pretrain``.
 """
 
+import functools
 import json
 import os
 import time
@@ -48,13 +49,34 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
     also writes heat maps, curve plots, ``thresholds.json`` and TensorBoard scalars."""
     maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                  trained.stats, data.test, config.eval.batch_size)
+    fpr_limits = tuple(config.eval.get("fpr_limits", (0.3,)))
     result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
-                                      data.test_defects, data.test_regions)
+                                      data.test_defects, data.test_regions, fpr_limits)
+    scored_maps, scored_masks = maps, data.test_masks
+    if config.eval.get("original_size", False):
+        # Metrics as MVTec's evaluators compute them: each map brought to its image's own size.
+        # The decision thresholds stay those of the maps at config.image_size, where predict and
+        # deployed exports score.
+        scored_masks, regions = dataset.original_ground_truth(data)
+        scored_maps = evaluate.to_original_size(maps, data.test_sizes)
+        at_size = result
+        result = evaluate.compute_metrics(scored_maps, data.test_labels, scored_masks, data.test_has_mask,
+                                          data.test_defects, regions, fpr_limits)
+        result.update(image_threshold=at_size["image_threshold"], pixel_threshold=at_size["pixel_threshold"])
+    result["evaluated_at"] = "original size" if config.eval.get("original_size", False) else \
+        f"{config.image_size}x{config.image_size}"
+
+    @functools.lru_cache(maxsize=None)
+    def validation_maps():
+        return evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
+                                     trained.stats, trained.validation, config.eval.batch_size)
 
     def validation_scores():
-        val_maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
-                                         trained.stats, trained.validation, config.eval.batch_size)
-        return val_maps.reshape(len(val_maps), -1).max(axis=1)
+        return validation_maps().reshape(len(trained.validation), -1).max(axis=1)
+
+    if config.data.format == "mvtec_ad2":  # its protocol's SegF1, threshold from validation normals
+        result["seg_threshold"] = evaluate.validation_threshold(validation_maps())
+        result["seg_f1"] = evaluate.segmentation_f1(scored_maps, scored_masks, result["seg_threshold"])
 
     result["thresholds"] = evaluate.decision_thresholds(result, validation_scores,
                                                         config.eval.threshold_percentile)
@@ -64,8 +86,8 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
         print(f"note: {line}", flush=True)
     evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
     if config.eval.plots:
-        report.plot_curves(os.path.join(workdir, "plots", f"{data.name}.png"), data.name, maps,
-                           data.test_labels, data.test_masks, result)
+        report.plot_curves(os.path.join(workdir, "plots", f"{data.name}.png"), data.name, scored_maps,
+                           data.test_labels, scored_masks, result)
     predict.save_thresholds(workdir, data.name, result["thresholds"], maps, trained.steps)
     eval_logs = logs.Logs(workdir)
     eval_logs.evaluation(data.name, trained.steps,
@@ -119,6 +141,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
 
 def _read_category(config, root, name, writer):
     data = dataset.read_category(config.data.format, root, name, config.image_size)
+    if config.eval.get("original_size", False) and data.test_sizes:
+        evaluate.check_original_size_memory(name, data.test_sizes)
     if writer:
         print(f"{name}: {len(data.train)} train, {len(data.test)} test images "
               f"({int(data.test_labels.sum())} anomalous)", flush=True)

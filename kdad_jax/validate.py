@@ -71,6 +71,8 @@ _RULES = {
     "loss.hard_quantile": _number_in(0, 1),
     "penalty.grayscale_prob": _number_in(0, 1),
     "export.format": _one_of("jax_export", "onnx"),
+    "eval.fpr_limits": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        _is_number(x) and 0 < x <= 1 for x in v), "a non-empty list of FPR limits in (0, 1]"),
 }
 
 

@@ -75,16 +75,17 @@ def test_au_pro_fpr_cutoff_interpolates():
 
 
 def _slow_au_pro(maps, masks, limit=0.3):
-    """Straightforward definition: loop over every distinct threshold."""
+    """Straightforward definition: loop over every distinct threshold (maps and masks [N, H, W]
+    or lists of [H_i, W_i])."""
     regions = []
     for i, mask in enumerate(masks):
         labeled, count = ndimage.label(mask, structure=np.ones((3, 3)))
         regions += [(i, labeled == k) for k in range(1, count + 1)]
-    normal = ~masks
+    normal = sum(int((~m).sum()) for m in masks)
     points = [(0.0, 0.0)]
-    for t in np.unique(maps)[::-1]:
-        flagged = maps >= t
-        fpr = (flagged & normal).sum() / normal.sum()
+    for t in np.unique(np.concatenate([np.ravel(m) for m in maps]))[::-1]:
+        flagged = [m >= t for m in maps]
+        fpr = sum(int((f & ~m).sum()) for f, m in zip(flagged, masks)) / normal
         pro = np.mean([flagged[i][r].mean() for i, r in regions])
         points.append((fpr, pro))
     fpr, pro = np.array(points).T
@@ -95,6 +96,29 @@ def _slow_au_pro(maps, masks, limit=0.3):
         ys.append(pro[j - 1] + (pro[j] - pro[j - 1]) * (limit - fpr[j - 1]) / (fpr[j] - fpr[j - 1]))
         xs.append(limit)
     return np.trapezoid(ys, xs) / limit
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_metrics_of_images_of_different_sizes(seed):
+    """Evaluation at the original size: a list of [H_i, W_i] maps and masks — pixel AUROC and
+    F1-max over the pooled pixels (scikit-learn), AU-PRO against the slow definition."""
+    from sklearn.metrics import precision_recall_curve, roc_auc_score
+    rng = np.random.default_rng(seed)
+    shapes = [(16, 16), (12, 20), (21, 9)]
+    masks = []
+    for shape in shapes:
+        mask = np.zeros(shape, bool)
+        y, x = rng.integers(0, 8, 2)
+        mask[y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+        masks.append(mask)
+    maps = [np.round(rng.uniform(size=m.shape) + 0.6 * m, 2) for m in masks]
+    pooled_maps = np.concatenate([m.ravel() for m in maps])
+    pooled_masks = np.concatenate([m.ravel() for m in masks])
+    assert metrics.auroc(maps, masks) == pytest.approx(roc_auc_score(pooled_masks, pooled_maps), abs=1e-12)
+    precision, recall, _ = precision_recall_curve(pooled_masks, pooled_maps)
+    f1 = np.max(2 * precision * recall / np.maximum(precision + recall, 1e-300))
+    assert metrics.f1_max(maps, masks)[0] == pytest.approx(f1, abs=1e-12)
+    assert metrics.au_pro(maps, masks) == pytest.approx(_slow_au_pro(maps, masks), abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -14,16 +14,18 @@ from tests.test_layouts import LOCO_DEFECTS, build_loco
 def slow_spro_curve(maps, regions):
     """The evaluator's definition read literally: for every threshold t (each distinct score, and
     one below all), positive = score > t; per region min(tp / saturation, 1), averaged; FPR over
-    pixels outside every region of their image. Points ordered from the highest threshold."""
-    maps = np.asarray(maps, np.float64)
-    defect = np.zeros(maps.shape, bool)
+    pixels outside every region of their image. Points ordered from the highest threshold.
+    ``maps``: [N, H, W] or a list of [H_i, W_i]."""
+    maps = [np.asarray(m, np.float64) for m in maps]
+    defect = [np.zeros(m.shape, bool) for m in maps]
     for index, mask, _ in regions:
         defect[index] |= mask
-    thresholds = np.r_[np.unique(maps)[::-1], -np.inf]
+    thresholds = np.r_[np.unique(np.concatenate([m.ravel() for m in maps]))[::-1], -np.inf]
+    normal = sum(int((~d).sum()) for d in defect)
     fprs, spros = [], []
     for t in thresholds:
-        positive = maps > t
-        fprs.append((positive & ~defect).sum() / (~defect).sum())
+        positive = [m > t for m in maps]
+        fprs.append(sum(int((p & ~d).sum()) for p, d in zip(positive, defect)) / normal)
         spros.append(np.mean([min((positive[i] & m).sum() / s, 1.0) for i, m, s in regions]))
     return np.array(fprs), np.array(spros)
 
@@ -121,3 +123,21 @@ def test_metrics_group_logical_and_structural_as_the_evaluator(tmp_path):
     for limit in metrics.SPRO_FPR_LIMITS:
         assert result["au_spro"]["logical"][str(limit)] == pytest.approx(
             slow_au_spro(maps[chosen], regions, limit), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_images_of_different_sizes_equal_the_slow_implementation(seed):
+    """Evaluation at the original size: maps and regions of differently sized images."""
+    rng = np.random.default_rng(seed)
+    shapes = [(9, 11), (7, 13), (12, 5)]
+    maps = [np.round(rng.uniform(size=shape), 1) for shape in shapes]
+    regions = []
+    for index in (0, 1, 1, 2):
+        mask = np.zeros(shapes[index], bool)
+        y, x = rng.integers(0, 4, size=2)
+        mask[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = True
+        regions.append((index, mask, float(rng.uniform(0.5, mask.sum()))))
+    fpr, spro = metrics.spro_curve(maps, regions)
+    slow_fpr, slow_spro = slow_spro_curve(maps, regions)
+    np.testing.assert_allclose(fpr, slow_fpr, atol=1e-12)
+    np.testing.assert_allclose(spro, slow_spro, atol=1e-12)

@@ -1,6 +1,6 @@
 """One category of an anomaly-detection dataset in memory, whatever the layout on disk.
 
-A layout module (``mvtec``, ``visa``, ``loco``) lists file paths; ``assemble`` reads them the same
+A layout module (``mvtec``, ``visa``, ``loco``, ``mvtec_ad2``) lists file paths; ``assemble`` reads them the same
 way for all: RGB resized to ``image_size`` (masks nearest, non-zero = anomalous, several mask
 files per image are united), unreadable files skipped with a warning and recorded in
 ``Category.skipped``. ``config.data.format`` picks the layout; a TFDS dataset written by
@@ -8,20 +8,20 @@ files per image are united), unreadable files skipped with a warning and recorde
 """
 
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from kdad_jax.data import images as image_io
-from kdad_jax.data import loco, mvtec, tfds_source, visa
+from kdad_jax.data import loco, mvtec, mvtec_ad2, tfds_source, visa
 from kdad_jax.data.records import Category, Layout, TestItem  # noqa: F401 - the records, re-exported
 from kdad_jax.errors import UserError, warn
 
-FORMATS = ("mvtec", "visa", "loco")
+FORMATS = ("mvtec", "visa", "loco", "mvtec_ad2")
 
 
 def _layout_module(data_format: str):
-    modules = {"mvtec": mvtec, "visa": visa, "loco": loco}
+    modules = {"mvtec": mvtec, "visa": visa, "loco": loco, "mvtec_ad2": mvtec_ad2}
     if data_format not in modules:
         raise UserError(f"config.data.format={data_format!r}: choose one of {', '.join(FORMATS)}")
     return modules[data_format]
@@ -54,6 +54,8 @@ def _layout_hint(root: str, data_format: str) -> str:
                                      os.path.isdir(os.path.join(d, "test", "logical_anomalies"))
                                      for d in subfolders):
         return "; this looks like MVTec LOCO: set --config.data.format=loco"
+    if data_format != "mvtec_ad2" and any(os.path.isdir(os.path.join(d, "test_public")) for d in subfolders):
+        return "; this looks like MVTec AD 2: set --config.data.format=mvtec_ad2"
     return ""
 
 
@@ -97,10 +99,10 @@ def assemble(name: str, layout: Layout, image_size: int) -> Category:
     for item in layout.test:
         loaded = image_io.try_load(item.path, image_size, skipped)
         if loaded is not None:
-            rows.append((item, loaded[0], _read_mask(item, image_size, loaded[1])))
+            rows.append((item, loaded[0], _read_mask(item, image_size, loaded[1]), loaded[1]))
     if not rows:
         raise UserError(f"{name}: no readable test images")
-    items, images, masks = zip(*rows)
+    items, images, masks, sizes = zip(*rows)
     _warn_unlabelled(name, items)
     regions = None
     if layout.defect_types is not None:
@@ -109,7 +111,26 @@ def assemble(name: str, layout: Layout, image_size: int) -> Category:
                     np.stack(masks), [i.path for i in items], [i.defect for i in items],
                     validation=validation, skipped=skipped,
                     test_has_mask=np.array([i.mask_paths is not None for i in items]),
-                    test_regions=regions)
+                    test_regions=regions, test_sizes=[tuple(s) for s in sizes],
+                    test_mask_paths=[i.mask_paths for i in items], defect_types=layout.defect_types)
+
+
+def original_ground_truth(data: Category) -> Tuple[List[np.ndarray], Optional[List[list]]]:
+    """Each test image's ground truth at its own size: masks [H_i, W_i] bool (all False without
+    ground truth) and, for LOCO, its regions (sPRO) unresized — what MVTec's evaluators score."""
+    if data.test_sizes is None:
+        raise UserError(f"{data.name}: config.eval.original_size=True needs the test images' files "
+                        f"(this source holds resized images only); set it to False")
+    masks = []
+    for (width, height), paths in zip(data.test_sizes, data.test_mask_paths):
+        mask = np.zeros((height, width), bool)
+        for path in paths or ():
+            mask |= image_io.load_mask(path, None, (width, height))
+        masks.append(mask)
+    regions = None
+    if data.defect_types is not None:
+        regions = [loco.read_regions(paths or (), None, data.defect_types) for paths in data.test_mask_paths]
+    return masks, regions
 
 
 def _warn_unlabelled(name: str, items: Sequence[TestItem]) -> None:

@@ -223,10 +223,10 @@ def mask_values(mask: Image.Image) -> np.ndarray:
     return np.asarray(mask.convert("L"))
 
 
-def load_mask(path: str, size: int, expected_size: Optional[Tuple[int, int]]) -> np.ndarray:
+def load_mask(path: str, size: Optional[int], expected_size: Optional[Tuple[int, int]]) -> np.ndarray:
     """[size, size] bool, anomalous where the mask is non-zero: 0/255, 0/1 (VisA), 0/65535 and
-    LOCO's per-defect values all work. Nearest resize. ``expected_size`` is its image's
-    (width, height), checked when given."""
+    LOCO's per-defect values all work. Nearest resize; ``size`` None: the file's own [H, W].
+    ``expected_size`` is its image's (width, height), checked when given."""
     mask = open_image(path)
     if expected_size is not None and mask.size != tuple(expected_size):
         raise UserError(f"{path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image "
@@ -234,5 +234,7 @@ def load_mask(path: str, size: int, expected_size: Optional[Tuple[int, int]]) ->
     values = mask_values(mask)
     if values.ndim == 3:  # e.g. RGBA masks reach here only through convert("L") above; be safe
         values = values.max(axis=2)
+    if size is None:
+        return values > 0
     anomalous = Image.fromarray((values > 0).astype(np.uint8) * 255)
     return np.asarray(anomalous.resize((size, size), Image.NEAREST)) > 0

@@ -76,8 +76,9 @@ def read_defect_types(category_root: str) -> Optional[Dict[int, DefectType]]:
                         f"relative_saturation}}") from None
 
 
-def read_regions(mask_paths, size: int, defect_types: Dict[int, DefectType]) -> List[Region]:
-    """One Region per mask file of an image, its mask resized (nearest) to [size, size].
+def read_regions(mask_paths, size: Optional[int], defect_types: Dict[int, DefectType]) -> List[Region]:
+    """One Region per mask file of an image, its mask resized (nearest) to [size, size] (``size``
+    None: kept at its own size, with the evaluator's saturation area as it is).
 
     The saturation area is the evaluator's at the mask's original size, scaled by how much the
     resize changed the region's area (ours: so a relative threshold of 1 still needs the whole
@@ -96,8 +97,8 @@ def read_regions(mask_paths, size: int, defect_types: Dict[int, DefectType]) -> 
                             f"(it lists {sorted(defect_types)})")
         kind = defect_types[value]
         original = values > 0
-        resized = np.asarray(Image.fromarray(original.astype(np.uint8) * 255)
-                             .resize((size, size), Image.NEAREST)) > 0
+        resized = original if size is None else np.asarray(
+            Image.fromarray(original.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
         if not resized.any():
             continue
         saturation = metrics.saturation_area(int(original.sum()), kind.saturation_threshold, kind.relative)

@@ -7,7 +7,7 @@ metrics, and the pixel metrics are reported as null with the reason.
 """
 
 import os
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 from kdad_jax.data import images as image_io
 from kdad_jax.data import tfds_source
@@ -40,16 +40,20 @@ def _mask_paths(category_root: str, defect: str, image_path: str):
     return (mask_path,)
 
 
-def test_items(category_root: str, mask_paths: Callable = _mask_paths) -> List[TestItem]:
-    """``test/<defect>/*`` with ``mask_paths(category_root, defect, image_path)`` for anomalous ones
-    (a tuple of mask files, or None for image-level labels only); LOCO passes its own."""
-    test_root = os.path.join(category_root, "test")
+def test_items(category_root: str, mask_paths: Callable = _mask_paths, test_folder: str = "test",
+               not_defects: Sequence[str] = ()) -> List[TestItem]:
+    """``<test_folder>/<defect>/*`` with ``mask_paths(category_root, defect, image_path)`` for
+    anomalous ones (a tuple of mask files, or None for image-level labels only); LOCO and MVTec
+    AD 2 pass their own (AD 2 keeps its masks in ``test_public/ground_truth``: ``not_defects``)."""
+    test_root = os.path.join(category_root, test_folder)
     if not os.path.isdir(test_root):
-        raise UserError(f"{test_root}: no test folder")
+        hint = ("; this looks like MVTec AD 2: set --config.data.format=mvtec_ad2"
+                if os.path.isdir(os.path.join(category_root, "test_public")) else "")
+        raise UserError(f"{test_root}: no test folder{hint}")
     items = []
     for defect in sorted(os.listdir(test_root)):
         folder = os.path.join(test_root, defect)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or defect in not_defects:
             continue
         for path in image_io.list_images(folder, report_others=True):
             masks = () if defect == "good" else mask_paths(category_root, defect, path)

@@ -25,7 +25,7 @@ class Layout(NamedTuple):
 class Region(NamedTuple):
     """One ground-truth region (a LOCO mask file) for sPRO."""
 
-    mask: np.ndarray      # [S, S] bool
+    mask: np.ndarray      # [S, S] bool (or [H, W] at the original size)
     defect: str           # its defect type's name
     saturation: float     # pixels (at [S, S]) at which its sPRO reaches 1
 
@@ -47,6 +47,12 @@ class Category:
     skipped: List[str] = dataclasses.field(default_factory=list)  # "path: why" per skipped file
     # LOCO with defects_config.json: [M] lists of Region per test image (sPRO); else None.
     test_regions: Optional[List[list]] = None
+    # What evaluation at the original size (config.eval.original_size) re-reads: each test
+    # image's (width, height) and mask files (None: no ground truth), the LOCO defect types.
+    # None where the source has no files (TFDS).
+    test_sizes: Optional[List[Tuple[int, int]]] = None
+    test_mask_paths: Optional[List[Optional[Tuple[str, ...]]]] = None
+    defect_types: Optional[dict] = None
 
     def __post_init__(self):
         if self.test_has_mask is None:

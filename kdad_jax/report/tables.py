@@ -12,11 +12,28 @@ from kdad_jax import metrics
 from kdad_jax.metrics import METRIC_KEYS
 
 # LOCO's two anomaly types: AU-sPRO at FPR ≤ 0.05 (its paper's headline) and image AUROC
-EXTRA_KEYS = ("au_spro_logical", "au_spro_structural", "image_auroc_logical", "image_auroc_structural")
+# and MVTec AD 2's SegF1
+EXTRA_KEYS = ("au_spro_logical", "au_spro_structural", "image_auroc_logical", "image_auroc_structural",
+              "seg_f1")
 TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO (FPR≤0.3)",
           "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max",
           "image_auroc_logical": "image AUROC logical", "image_auroc_structural": "image AUROC structural",
-          "au_spro_logical": "AU-sPRO logical (FPR≤0.05)", "au_spro_structural": "AU-sPRO structural (FPR≤0.05)"}
+          "au_spro_logical": "AU-sPRO logical (FPR≤0.05)", "au_spro_structural": "AU-sPRO structural (FPR≤0.05)",
+          "seg_f1": "SegF1"}
+
+
+def au_pro_limit(results) -> str:
+    """The FPR limit ``au_pro`` was integrated to (``eval.fpr_limits[0]``), from result dicts."""
+    for result in results:
+        if result.get("au_pro_at"):
+            return next(iter(result["au_pro_at"]))
+    return "0.3"
+
+
+def title(key: str, results) -> str:
+    if key == "au_pro":
+        return f"AU-PRO (FPR≤{au_pro_limit(results)})"
+    return TITLES.get(key, key)
 PLOT_POINTS = 2000  # curves are thinned to this many points for drawing (the metrics use all)
 
 
@@ -63,10 +80,11 @@ def _notes(per_category) -> List[str]:
     return [f"- {line}" for name, r in per_category.items() for line in unavailable_lines(name, r)]
 
 
-def markdown(per_category: Dict[str, dict], mean: Dict[str, float], title: str) -> str:
+def markdown(per_category: Dict[str, dict], mean: Dict[str, float], heading: str) -> str:
     """Percentages with one decimal, as in papers; '–' where a metric is undefined (see notes)."""
     keys, rows = _rows(per_category, mean)
-    lines = [f"# {title}", "", "| category | " + " | ".join(TITLES[k] for k in keys) + " |",
+    results = list(per_category.values())
+    lines = [f"# {heading}", "", "| category | " + " | ".join(title(k, results) for k in keys) + " |",
              "|---|" + "---:|" * len(keys)]
     for row in rows:
         name = f"**{row[0]}**" if row is rows[-1] else row[0]
@@ -114,16 +132,16 @@ def plot_curves(path: str, name: str, maps: np.ndarray, labels: np.ndarray, mask
     from matplotlib import pyplot as plt
 
     unavailable = result.get("unavailable", {})
-    scores = maps.reshape(len(maps), -1).max(axis=1)
+    scores = np.array([np.max(m) for m in maps])  # maps [N, H, W] or [H_i, W_i] each
     panels = [("image ROC", "image_auroc", lambda: metrics.roc_curve(scores, labels), 1.0),
               ("pixel ROC", "pixel_auroc", lambda: metrics.roc_curve(maps, masks), 1.0),
-              ("PRO", "au_pro", lambda: metrics.pro_curve(maps, masks), 0.3)]
+              ("PRO", "au_pro", lambda: metrics.pro_curve(maps, masks), float(au_pro_limit([result])))]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4), constrained_layout=True)
-    for axis, (title, key, curve, fpr_limit) in zip(axes, panels):
+    for axis, (panel_title, key, curve, fpr_limit) in zip(axes, panels):
         axis.set(xlim=(0, fpr_limit), ylim=(0, 1.01), xlabel="false positive rate",
                  ylabel="PRO" if key == "au_pro" else "true positive rate")
         if key in unavailable or result.get(key) is None:
-            axis.set_title(f"{title}: undefined")
+            axis.set_title(f"{panel_title}: undefined")
             axis.text(0.5 * fpr_limit, 0.5, unavailable.get(key, "undefined"), ha="center",
                       va="center", wrap=True, fontsize=9)
             continue
@@ -131,7 +149,7 @@ def plot_curves(path: str, name: str, maps: np.ndarray, labels: np.ndarray, mask
         axis.plot(fpr, tpr, lw=1.5)
         if key != "au_pro":
             axis.plot([0, 1], [0, 1], ls=":", c="gray", lw=1)
-        axis.set_title(f"{TITLES[key]} = {result[key]:.4f}")
+        axis.set_title(f"{title(key, [result])} = {result[key]:.4f}")
         axis.grid(alpha=0.3)
     figure.suptitle(name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
