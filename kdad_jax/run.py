@@ -15,6 +15,7 @@ from kdad_jax import workdir as workdir_module
 from kdad_jax.data import dataset, embedded
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
+from kdad_jax.report import html as html_report
 from kdad_jax.report import logs
 from kdad_jax.report import tables as report
 from kdad_jax.serve import export, predict
@@ -85,6 +86,8 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
     for line in report.unavailable_lines(data.name, result):
         print(f"note: {line}", flush=True)
     evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+    html_report.write_gallery(os.path.join(workdir, "report", data.name), data, maps,
+                              result["thresholds"]["image_threshold"], evaluate.color_range(maps))
     if config.eval.plots:
         report.plot_curves(os.path.join(workdir, "plots", f"{data.name}.png"), data.name, scored_maps,
                            data.test_labels, scored_masks, result)
@@ -221,10 +224,12 @@ def _write_results(config, workdir, dataset_name, results, per_category, partial
     tables = report.write_tables(workdir, per_category, mean,
                                  f"{config.method} on {dataset_name} ({config.image_size}² images)")
     print(report.format_table(per_category, mean))
+    page = html_report.write_report(workdir, results, per_category)
     if partial:
         print(f"results of the {len(per_category)} finished categor"
               f"{'y' if len(per_category) == 1 else 'ies'} written to "
               f"{os.path.join(workdir, 'results.json')} before the error below", flush=True)
         return
     print(f"teacher: {results['teacher']}; results: {os.path.join(workdir, 'results.json')}, "
-          f"{', '.join(os.path.basename(t) for t in tables)}; {results['seconds']:.0f} s")
+          f"{', '.join(os.path.basename(t) for t in tables)}, {os.path.basename(page)}; "
+          f"{results['seconds']:.0f} s")

@@ -98,6 +98,12 @@ def test_loco_layout_reads_regions_with_their_saturation(tmp_path):
     assert structural.defect == "scratch" and structural.saturation == pytest.approx(structural.mask.sum())
     # the united mask is still what AU-PRO sees
     np.testing.assert_array_equal(data.test_masks[2], first.mask | extra.mask)
+    # At the original size (config.eval.original_size): the evaluator's own areas, unscaled.
+    masks, regions = dataset.original_ground_truth(data)
+    first, extra = regions[2]
+    assert first.mask.shape == masks[2].shape == (48, 56) and first.mask.sum() == 144
+    assert (first.saturation, extra.saturation) == (20.0, 5.0)
+    np.testing.assert_array_equal(masks[2], first.mask | extra.mask)
 
     (base / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS[1:]))
     with pytest.raises(UserError, match=r"000.png: pixel value 10 is not in defects_config.json"):
