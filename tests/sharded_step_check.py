@@ -8,6 +8,9 @@ at its paper size, 128²: at 64² the *single-device* float32 step of that rando
 itself 0.7 % away from a float64 computation of the same step (measured; the 8-device result was
 the closer one), so equality there would test rounding, not sharding.
 
+Both steps also run in float64 (``float64_sharded_vs_single``): there rounding cannot hide a
+difference, so they must agree to float64 rounding whatever the float32 conditioning.
+
 The batch comes from the real training pipeline (global batch = number of devices). Prints one
 JSON line per config: the worst norm-wise relative difference over every leaf of the new state
 (params, optimizer moments = the gradient, BatchNorm statistics) and the loss on both meshes.
@@ -93,6 +96,10 @@ def check(spec: str) -> dict:
     # step itself is ill-conditioned, the 1- and 8-device results both drift from it.
     exact, _, _ = one_step(config, method, tx, _float64(frozen), _float64(stats), _float64(state),
                            _float64(batch), parallel.make_mesh(jax.devices()[:1]))
+    # The same two steps in float64: equal up to float64 rounding when the sharded program is the
+    # same mathematics (a missing all-reduce or a per-device batch statistic is off by O(1)).
+    exact_sharded, _, _ = one_step(config, method, tx, _float64(frozen), _float64(stats), _float64(state),
+                                   _float64(batch), parallel.make_mesh())
     moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(
         jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(state.params)))
     return {"config": spec, "devices": jax.device_count(), "batch_devices": sorted(shards),
@@ -100,6 +107,7 @@ def check(spec: str) -> dict:
             "worst_relative": relative, "worst_absolute_of_tiny_leaves": absolute,
             "sharded_vs_float64": differences(sharded, exact)[0],
             "single_vs_float64": differences(single, exact)[0],
+            "float64_sharded_vs_single": differences(exact_sharded, exact)[0],
             "largest_param_change": moved}
 
 

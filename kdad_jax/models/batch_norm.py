@@ -30,7 +30,7 @@ class TorchBatchNorm(nn.Module):
         if use_running_average:
             mean, var = running_mean.value, running_var.value
         else:
-            values = x.astype(jnp.float32)
+            values = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # bf16 -> f32; f64 stays
             mean = channel_mean(values)
             # Two passes (as torch): E[x²] − E[x]² loses digits to cancellation in float32, by an
             # amount that depends on the reduction order (1 % gradient differences seen between
