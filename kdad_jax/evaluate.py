@@ -4,6 +4,7 @@ thresholds and heat-map pictures. Tables and curve plots are in ``report/tables.
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
+import jax
 import numpy as np
 
 from kdad_jax import inference, metrics
@@ -34,7 +35,6 @@ def to_original_size(maps: np.ndarray, sizes) -> List[np.ndarray]:
     Bilinear with half-pixel centres and no antialiasing — torch's ``F.interpolate(...,
     mode='bilinear')``, with which the EfficientAD reference brings its maps to the original
     size before MVTec's evaluator scores them."""
-    import jax
     return [np.asarray(jax.image.resize(m, (height, width), "bilinear", antialias=False))
             for m, (width, height) in zip(maps, sizes)]
 
@@ -97,7 +97,7 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     ``fpr_limits[0]``; ``au_pro_at`` gives it at every limit of ``fpr_limits``."""
     labels = np.asarray(labels)
     has_mask = np.ones(len(labels), bool) if has_mask is None else np.asarray(has_mask, bool)
-    scores = np.array([np.max(m) for m in maps], np.float32)
+    scores = metrics.image_scores(maps)
     result = dict.fromkeys(METRIC_KEYS + ("image_threshold", "pixel_threshold"))
     unavailable = {}
     image_reason = _image_reason(labels)
@@ -129,6 +129,17 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     if unavailable:
         result["unavailable"] = unavailable
     return result
+
+
+def f1_thresholds(maps, labels, masks, has_mask=None, defects=None) -> Dict[str, Optional[float]]:
+    """The image and pixel F1-max thresholds of ``maps`` alone, exactly as ``compute_metrics``
+    gives them (None where it leaves them undefined): what evaluation at the original size keeps
+    from the maps at ``config.image_size``, where predict and exports score."""
+    labels = np.asarray(labels)
+    has_mask = np.ones(len(labels), bool) if has_mask is None else np.asarray(has_mask, bool)
+    image = None if _image_reason(labels) else metrics.f1_max(metrics.image_scores(maps), labels)[1]
+    pixel = None if _pixel_reason(labels, masks, has_mask, defects) else metrics.f1_max(maps, masks)[1]
+    return {"image_threshold": image, "pixel_threshold": pixel}
 
 
 def validation_threshold(validation_maps) -> float:

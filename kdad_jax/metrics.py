@@ -39,6 +39,11 @@ def pooled(values, dtype=None) -> np.ndarray:
     return np.asarray(values, dtype).ravel()
 
 
+def image_scores(maps) -> np.ndarray:
+    """[N] image scores: the max of each map ([N, H, W], or a sequence of [H_i, W_i] maps)."""
+    return np.array([np.max(m) for m in maps])
+
+
 def _binary_counts(scores, labels):
     scores = pooled(scores, np.float64)
     labels = pooled(labels).astype(bool)

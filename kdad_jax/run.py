@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from kdad_jax import evaluate, parallel, train, validate
+from kdad_jax import evaluate, metrics, parallel, train, validate
 from kdad_jax import workdir as workdir_module
 from kdad_jax.data import dataset, embedded
 from kdad_jax.errors import UserError
@@ -50,22 +50,18 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
     also writes heat maps, curve plots, ``thresholds.json`` and TensorBoard scalars."""
     maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                  trained.stats, data.test, config.eval.batch_size)
-    fpr_limits = tuple(config.eval.get("fpr_limits", (0.3,)))
-    result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
-                                      data.test_defects, data.test_regions, fpr_limits)
-    scored_maps, scored_masks = maps, data.test_masks
-    if config.eval.get("original_size", False):
+    original_size = config.eval.get("original_size", False)
+    scored_maps, scored_masks, regions = maps, data.test_masks, data.test_regions
+    if original_size:
         # Metrics as MVTec's evaluators compute them: each map brought to its image's own size.
-        # The decision thresholds stay those of the maps at config.image_size, where predict and
-        # deployed exports score.
         scored_masks, regions = dataset.original_ground_truth(data)
         scored_maps = evaluate.to_original_size(maps, data.test_sizes)
-        at_size = result
-        result = evaluate.compute_metrics(scored_maps, data.test_labels, scored_masks, data.test_has_mask,
-                                          data.test_defects, regions, fpr_limits)
-        result.update(image_threshold=at_size["image_threshold"], pixel_threshold=at_size["pixel_threshold"])
-    result["evaluated_at"] = "original size" if config.eval.get("original_size", False) else \
-        f"{config.image_size}x{config.image_size}"
+    result = evaluate.compute_metrics(scored_maps, data.test_labels, scored_masks, data.test_has_mask,
+                                      data.test_defects, regions, tuple(config.eval.get("fpr_limits", (0.3,))))
+    if original_size:  # the decision thresholds stay those of the maps where predict and exports score
+        result.update(evaluate.f1_thresholds(maps, data.test_labels, data.test_masks, data.test_has_mask,
+                                             data.test_defects))
+    result["evaluated_at"] = "original size" if original_size else f"{config.image_size}x{config.image_size}"
 
     @functools.lru_cache(maxsize=None)
     def validation_maps():
@@ -73,7 +69,7 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
                                      trained.stats, trained.validation, config.eval.batch_size)
 
     def validation_scores():
-        return validation_maps().reshape(len(trained.validation), -1).max(axis=1)
+        return metrics.image_scores(validation_maps())
 
     if config.data.format == "mvtec_ad2":  # its protocol's SegF1, threshold from validation normals
         result["seg_threshold"] = evaluate.validation_threshold(validation_maps())

@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Tuple
 from kdad_jax.config_files import flatten
 from kdad_jax.data.dataset import FORMATS
 from kdad_jax.errors import UserError
+from kdad_jax.serve.export import FORMATS as EXPORT_FORMATS
 
 
 def _is_int(value) -> bool:
@@ -70,7 +71,7 @@ _RULES = {
     "model.out_channels": _int_at_least(1),
     "loss.hard_quantile": _number_in(0, 1),
     "penalty.grayscale_prob": _number_in(0, 1),
-    "export.format": _one_of("jax_export", "onnx"),
+    "export.format": _one_of(*EXPORT_FORMATS),
     "eval.fpr_limits": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(
         _is_number(x) and 0 < x <= 1 for x in v), "a non-empty list of FPR limits in (0, 1]"),
 }

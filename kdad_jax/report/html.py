@@ -21,6 +21,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from kdad_jax import metrics
 from kdad_jax.report import tables, visualize
 
 REPORT_FILE = "report.html"
@@ -44,7 +45,7 @@ def gallery_picks(labels: np.ndarray, scores: np.ndarray, per_group: int = 3) ->
 def write_gallery(folder: str, data, maps: np.ndarray, threshold, color_range: Sequence[float]) -> str:
     """Panels (image | overlay | ground truth) of ``gallery_picks`` for one category into
     ``folder``, described in ``gallery.json``; returns its path."""
-    scores = np.array([np.max(m) for m in maps])
+    scores = metrics.image_scores(maps)
     entries = []
     for group, indices in gallery_picks(data.test_labels, scores).items():
         for rank, i in enumerate(indices):

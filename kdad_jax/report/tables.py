@@ -21,6 +21,8 @@ TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": 
           "au_spro_logical": "AU-sPRO logical (FPR≤0.05)", "au_spro_structural": "AU-sPRO structural (FPR≤0.05)",
           "seg_f1": "SegF1"}
 
+PLOT_POINTS = 2000  # curves are thinned to this many points for drawing (the metrics use all)
+
 
 def au_pro_limit(results) -> str:
     """The FPR limit ``au_pro`` was integrated to (``eval.fpr_limits[0]``), from result dicts."""
@@ -34,7 +36,6 @@ def title(key: str, results) -> str:
     if key == "au_pro":
         return f"AU-PRO (FPR≤{au_pro_limit(results)})"
     return TITLES.get(key, key)
-PLOT_POINTS = 2000  # curves are thinned to this many points for drawing (the metrics use all)
 
 
 def table_keys(per_category: Dict[str, dict]) -> List[str]:
@@ -132,7 +133,7 @@ def plot_curves(path: str, name: str, maps: np.ndarray, labels: np.ndarray, mask
     from matplotlib import pyplot as plt
 
     unavailable = result.get("unavailable", {})
-    scores = np.array([np.max(m) for m in maps])  # maps [N, H, W] or [H_i, W_i] each
+    scores = metrics.image_scores(maps)
     panels = [("image ROC", "image_auroc", lambda: metrics.roc_curve(scores, labels), 1.0),
               ("pixel ROC", "pixel_auroc", lambda: metrics.roc_curve(maps, masks), 1.0),
               ("PRO", "au_pro", lambda: metrics.pro_curve(maps, masks), float(au_pro_limit([result])))]
