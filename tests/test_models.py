@@ -129,6 +129,32 @@ def test_batch_norm_is_torchs_in_training_and_evaluation(shape):
                                expected.detach().numpy(), atol=2e-6)
 
 
+def test_batch_norm_written_out_gradient_equals_autodiff_in_float64():
+    """The custom VJP of training-mode BatchNorm equals autodiff of the textbook formula (biased
+    batch variance over B, H, W) in float64 to rounding, for x, scale and bias: a dropped term
+    (through the mean or the variance) would be off by O(1)."""
+    from kdad_jax.models.batch_norm import normalize_with_batch_stats
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        x, weights = (jnp.asarray(rng.normal(size=(3, 5, 4, 7)) * 2 + 1) for _ in range(2))
+        scale, bias = jnp.asarray(rng.normal(size=7)), jnp.asarray(rng.normal(size=7))
+
+        def textbook(x, scale, bias):
+            mean = x.mean(axis=(0, 1, 2))
+            var = jnp.square(x - mean).mean(axis=(0, 1, 2))
+            return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+        def loss(norm):
+            return lambda x, s, b: jnp.sum(jnp.sin(norm(x, s, b)) * weights)
+        ours = jax.value_and_grad(loss(lambda x, s, b: normalize_with_batch_stats(x, s, b, 1e-5)),
+                                  (0, 1, 2))(x, scale, bias)
+        expected = jax.value_and_grad(loss(textbook), (0, 1, 2))(x, scale, bias)
+        np.testing.assert_allclose(ours[0], expected[0], rtol=1e-12)
+        for a, e in zip(ours[1], expected[1]):
+            assert a.dtype == jnp.float64
+            np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
+
+
 def test_max_pool_is_torchs_with_ties():
     """ResNet's 3×3 / 2 max pool: values and gradient equal torch.nn.functional.max_pool2d's,
     which sends a window's gradient to its first maximum (row-major) when several are equal;
