@@ -7,7 +7,10 @@ Runtime (CPU provider; when the ``onnx`` extra is installed).
 
 Prints one JSON object: per model and batch, median seconds per batch and per image after
 warm-up, compile time, peak RSS (each case in its own process) and the jax/torch,
-onnxruntime/jax and onnxruntime/torch ratios. The JAX side is the function ``evaluate`` uses:
+onnxruntime/jax and onnxruntime/torch ratios. For JAX also the program's floating-point work (XLA's
+cost analysis, ``jax_gflop``), the rate it runs at (``jax_gflop_per_s``) and, as the machine's
+yardstick, the rate of one large convolution alone (``conv_gflop_per_s``: PDN-S's last layer,
+[1, 59, 59, 256] * [4, 4, 256, 384]) — how far a program is from what the cores do. The JAX side is the function ``evaluate`` uses:
 ``inference.jit(method.anomaly_map)``, one XLA program; the ONNX side is that function exported
 by ``--config.export.format=onnx`` (``kdad_jax.serve.onnx_export``) with the same weights.
 """
@@ -48,8 +51,31 @@ def jax_case(size, batch, image_size, repeats):
     compile_s = time.perf_counter() - start
     seconds = common.median_time(
         lambda: jax.block_until_ready(compiled(params, model_state, frozen, stats, images)), repeats)
+    gflop = _gflop(compiled)
     return {"jax_s": seconds, "jax_per_image_s": seconds / batch, "jax_compile_s": compile_s,
-            "jax_peak_rss_mb": common.peak_rss_mb()}
+            "jax_peak_rss_mb": common.peak_rss_mb(), "jax_gflop": gflop,
+            "jax_gflop_per_s": gflop / seconds if gflop else None,
+            "conv_gflop_per_s": _reference_conv_rate(repeats)}
+
+
+def _gflop(compiled):
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return analysis.get("flops", 0.0) / 1e9 if analysis else None
+
+
+def _reference_conv_rate(repeats):
+    """GFLOP/s of one large convolution compiled like the inference programs."""
+    import jax
+    import jax.numpy as jnp
+
+    from kdad_jax import inference
+    from kdad_jax.models.conv import conv2d
+
+    x, kernel = jnp.ones((1, 59, 59, 256), jnp.float32), jnp.full((4, 4, 256, 384), 0.01, jnp.float32)
+    compiled = inference.jit(conv2d).lower(x, kernel).compile()
+    seconds = common.median_time(lambda: jax.block_until_ready(compiled(x, kernel)), max(repeats, 5))
+    return 56 * 56 * 384 * 4 * 4 * 256 * 2 / seconds / 1e9
 
 
 def torch_case(size, batch, image_size, repeats):

@@ -45,4 +45,12 @@ def test_inference_benchmark_puts_onnx_runtime_beside_jax_and_torch():
     for side in ("jax", "torch", "onnxruntime"):
         assert case[f"{side}_s"] > 0 and case[f"{side}_per_image_s"] == pytest.approx(case[f"{side}_s"] / 2)
     assert case["onnxruntime_over_jax"] == pytest.approx(case["onnxruntime_s"] / case["jax_s"])
+    # XLA's count of the program's work covers at least the two PDN-S's convolutions, counted by
+    # hand at 64² (61², 27², 11², 8² outputs; teacher 384, student 768 channels out), and not
+    # much more (the autoencoder and the rest are small at this size).
+    pdn = 61 * 61 * 128 * 48 + 27 * 27 * 256 * 2048 + 11 * 11 * 256 * 2304  # MACs before the last layer
+    convolutions = 2 * 2 * (2 * pdn + 8 * 8 * (384 + 768) * 4096) / 1e9  # batch 2, 2 flops per MAC
+    assert convolutions <= case["jax_gflop"] <= 1.3 * convolutions
+    assert case["jax_gflop_per_s"] == pytest.approx(case["jax_gflop"] / case["jax_s"])
+    assert case["conv_gflop_per_s"] > 0
     assert case["onnxruntime_over_torch"] == pytest.approx(case["onnxruntime_s"] / case["torch_s"])

@@ -155,12 +155,16 @@ def test_batch_norm_written_out_gradient_equals_autodiff_in_float64():
             np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
 
 
-def test_max_pool_is_torchs_with_ties():
+@pytest.mark.parametrize("sliced_limit", [0, 2**30])
+def test_max_pool_is_torchs_with_ties(sliced_limit, monkeypatch):
     """ResNet's 3×3 / 2 max pool: values and gradient equal torch.nn.functional.max_pool2d's,
     which sends a window's gradient to its first maximum (row-major) when several are equal;
-    ties are common after a ReLU (zeros) and planted here (equal positive values)."""
+    ties are common after a ReLU (zeros) and planted here (equal positive values). Both forward
+    formulations (reduce_window; strided slices, for small inputs on CPU)."""
+    from kdad_jax.models import pooling
     from kdad_jax.models.pooling import max_pool
     from tests.conftest import optional_module
+    monkeypatch.setattr(pooling, "_SLICED_FORWARD_BYTES", sliced_limit)
     torch = optional_module("torch", "convert")
     rng = np.random.default_rng(0)
     x = np.maximum(rng.normal(size=(2, 9, 10, 3)), 0).astype(np.float32)

@@ -5,7 +5,10 @@ than the rest of a ResNet stem's backward pass ([8, 128, 128, 64], 3×3 stride 2
 the pooling's 6 ms forward). Here the forward pass stays ``reduce_window``; the backward pass
 sends each window's gradient to the *first* position (row-major within the window) holding the
 window's maximum — torch's ``max_pool2d`` rule — as k·k strided slices and pads, elementwise work
-that XLA runs fast everywhere.
+that XLA runs fast everywhere. The forward pass of a small input (≤ 8 MiB, e.g. a batch-1 ResNet
+stem) is the maximum of the k·k strided slices on CPU: 0.3 ms against ``reduce_window``'s 1.1 ms
+on [1, 128, 128, 64]; larger inputs keep ``reduce_window`` (4.6 ms against 14.7 ms at batch 8,
+where the slices no longer stay in cache). Both give the same values.
 """
 
 import functools
@@ -24,7 +27,18 @@ def _pad(x, padding: Padding):
     return jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=-jnp.inf)
 
 
+_SLICED_FORWARD_BYTES = 8 * 2**20
+
+
+def _output_hw(padded_hw, window, strides):
+    return tuple((size - k) // s + 1 for size, k, s in zip(padded_hw, window, strides))
+
+
 def _forward(x, window, strides, padding):
+    if jax.default_backend() == "cpu" and x.size * x.dtype.itemsize <= _SLICED_FORWARD_BYTES:
+        padded = _pad(x, padding)
+        taps = window_taps(padded, window, strides, _output_hw(padded.shape[1:3], window, strides))
+        return functools.reduce(jnp.maximum, (tap for _, tap in taps))
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
                              ((0, 0), *padding, (0, 0)))
 
