@@ -115,16 +115,19 @@ def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
     assert record["steps"] == 3 and np.isfinite(record["final_loss"])
 
 
-def test_builtin_teacher_loads_and_its_record_matches():
+@pytest.mark.parametrize("name", ["pdn_s_efficientnet_lite0", "pdn_s_efficientnet_lite0_8000"])
+def test_builtin_teacher_loads_and_its_record_matches(name):
     from kdad_jax.teachers import shipped
 
-    path = shipped.resolve("builtin:pdn_s_efficientnet_lite0")
-    made = shipped.record("pdn_s_efficientnet_lite0")
+    assert name in shipped.BUILTIN
+    path = shipped.resolve(f"builtin:{name}")
+    made = shipped.record(name)
     assert made["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
-    assert made["steps"] > 0 and made["model_size"] == "s"
+    assert made["steps"] > 0 and made["model_size"] == "s" and made["dtype"] == "float16"
     config = efficientad_config.get_config("demo")
     assert config.teacher.checkpoint == "builtin:pdn_s_efficientnet_lite0"
     assert efficientad_config.get_config("demo,size=m").teacher.checkpoint == ""
+    config.teacher.checkpoint = f"builtin:{name}"
     from kdad_jax.methods import get_method
     import jax
     frozen, description = get_method(config).load_frozen(jax.random.key(0))

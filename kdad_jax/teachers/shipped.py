@@ -2,7 +2,11 @@
 
 ``pdn_s_efficientnet_lite0``: a PDN-S (384 channels) distilled by this project's own pretraining
 job from the ImageNet-pretrained EfficientNet-Lite0 (float16, 5 MB); how it was made — command,
-config, steps, final loss, sha256 — is recorded in the ``.json`` beside it.
+config, steps, final loss, sha256 — is recorded in the ``.json`` beside it. The presets use it.
+
+``pdn_s_efficientnet_lite0_8000``: the same recipe run to its full 8 000 steps (the one above
+stopped at 900); closer to Lite0 on ``benchmarks/teacher_quality.py``, not yet the presets'
+default (their README figures were measured with the step-900 teacher).
 """
 
 import json
@@ -13,7 +17,7 @@ from kdad_jax.errors import UserError
 
 PREFIX = "builtin:"
 _FOLDER = os.path.dirname(os.path.abspath(__file__))
-BUILTIN = ("pdn_s_efficientnet_lite0",)
+BUILTIN = ("pdn_s_efficientnet_lite0", "pdn_s_efficientnet_lite0_8000")
 
 
 def builtin_name(checkpoint: str) -> Optional[str]:
