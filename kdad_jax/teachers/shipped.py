@@ -5,8 +5,9 @@ job from the ImageNet-pretrained EfficientNet-Lite0 (float16, 5 MB); how it was 
 config, steps, final loss, sha256 — is recorded in the ``.json`` beside it. The presets use it.
 
 ``pdn_s_efficientnet_lite0_8000``: the same recipe run to its full 8 000 steps (the one above
-stopped at 900); closer to Lite0 on ``benchmarks/teacher_quality.py``, not yet the presets'
-default (their README figures were measured with the step-900 teacher).
+stopped at 900); closer to Lite0 on ``benchmarks/teacher_quality.py``. Not the presets' default:
+on the ``:cpu`` preset's tuning set it localized better but detected worse (README, note 4 of
+"Teachers: conversion and pretraining").
 """
 
 import json
