@@ -176,18 +176,6 @@ def test_safetensors_and_npz_readers(tmp_path):
             assert loaded[name].dtype == array.dtype
 
 
-def test_pickle_with_code_is_refused(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo hacked",))
-
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as stream:
-        pickle.dump(Evil(), stream)
-    with pytest.raises(StateDictError):
-        read_state_dict(str(path))
-
-
 def test_conversion_errors_name_the_problem(tmp_path):
     torch = _torch()
     state = _small_state()

