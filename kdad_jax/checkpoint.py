@@ -9,7 +9,11 @@ read-only) is one line and the last good checkpoint stays. Teacher weights are n
 training checkpoint: they are reloaded from ``config.teacher.checkpoint`` at start-up.
 """
 
+import contextlib
+import glob
+import logging
 import os
+import re
 import shutil
 import sys
 from typing import Any, Optional, Tuple
@@ -19,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kdad_jax import files
 from kdad_jax.errors import PROCESS_INDEX_ENV, UserError, warn
 
 _NO_STATS = "no_stats"  # stands in for a method's empty stats dict in a checkpoint
@@ -29,9 +34,11 @@ CORRUPT_DIR = "corrupt"  # unreadable step folders are moved here, never deleted
 
 def manager(directory: str, save_every: int, max_to_keep: int = 2) -> ocp.CheckpointManager:
     """Orbax manager; the caller decides when to save (``save_state`` forces every save, so a
-    preemption save off the ``save_every`` interval happens at the step it announces)."""
+    preemption save off the ``save_every`` interval happens at the step it announces). Opening it
+    removes what a save cut off half-way (``kill -9``, a lost node) left behind."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every, max_to_keep=max_to_keep, enable_async_checkpointing=False)
+        save_interval_steps=save_every, max_to_keep=max_to_keep, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)  # a save cut off by kill -9 leaves N.orbax-checkpoint-tmp
     try:
         os.makedirs(directory, exist_ok=True)
         return ocp.CheckpointManager(os.path.abspath(directory), options=options)
@@ -40,12 +47,34 @@ def manager(directory: str, save_every: int, max_to_keep: int = 2) -> ocp.Checkp
 
 
 def _os_reason(error: BaseException) -> str:
-    """The OS's words for a failed file operation, however deep Orbax wrapped it."""
+    """The OS's words for a failed file operation, however deep Orbax wrapped it (TensorStore
+    reports the errno inside its message: ``[os_error_code='28']``)."""
     while error is not None:
         if isinstance(error, OSError) and error.strerror:
             return error.strerror
+        code = re.search(r"os_error_code='(\d+)'", str(error))
+        if code:
+            return os.strerror(int(code.group(1)))
         error = error.__cause__ or error.__context__
     return "write failed"
+
+
+class _DropOrbaxThreadErrors(logging.Filter):
+    """Orbax's writer threads log each failure with its traceback before the save re-raises it
+    (two tracebacks for one full disk); the save's own one-line error says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_orbax_threads():
+    absl_logger, drop = logging.getLogger("absl"), _DropOrbaxThreadErrors()
+    absl_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(drop)
 
 
 def _quiet_closed_event_loop_callbacks() -> None:
@@ -81,9 +110,14 @@ def save_state(mngr: ocp.CheckpointManager, state: Any, stats: Any, replace: boo
     try:
         if replace and step in mngr.all_steps():
             mngr.delete(step)
-        mngr.save(step, args=args, force=True)
-        mngr.wait_until_finished()
+        with _quiet_orbax_threads():
+            mngr.save(step, args=args, force=True)
+            mngr.wait_until_finished()
     except Exception as e:  # Orbax wraps OS errors in several types
+        if os.environ.get(PROCESS_INDEX_ENV, "0") == "0":  # give the half-written save's space back
+            for partial in glob.glob(os.path.join(glob.escape(str(mngr.directory)),
+                                                  f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(partial, ignore_errors=True)
         kept = [s for s in mngr.all_steps() if s != step]
         keeps = (f"the last good checkpoint (step {max(kept)}) is kept" if kept
                  else "no earlier checkpoint exists")
@@ -137,8 +171,7 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int, error: BaseException) -> 
 def save_params(path: str, params: Any) -> None:
     """Write a params pytree to one msgpack file (teacher weights, converted checkpoints)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(jax.device_get(params)))
+    files.write_bytes(path, flax.serialization.msgpack_serialize(jax.device_get(params)))
 
 
 def load_params(path: str, abstract: Any) -> Any:

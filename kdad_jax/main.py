@@ -5,6 +5,7 @@
 The logic lives in importable modules (``kdad_jax.run.run`` can be called from a notebook).
 """
 
+import errno
 import sys
 
 from absl import app, flags, logging
@@ -36,6 +37,10 @@ _EXPECT_PLATFORM = flags.DEFINE_enum(
     "this one (the launch scripts set it: a CPU-only jax on a GPU node would otherwise run slowly).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
+
+
+# Errors of the disk, not of the program: full, over quota, read-only, no permission, failing.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
 
 
 def _one_line(message: str) -> str:
@@ -83,6 +88,12 @@ def main(argv):
     except UserError as e:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a write the files module does not wrap (a library's own files)
+        if e.errno not in _DISK_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except parallel.Preempted as e:
         print(str(e), file=sys.stderr)

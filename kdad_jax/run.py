@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from kdad_jax import evaluate, metrics, parallel, train, validate
+from kdad_jax import evaluate, files, metrics, parallel, train, validate
 from kdad_jax import workdir as workdir_module
 from kdad_jax.data import dataset, embedded
 from kdad_jax.errors import UserError
@@ -104,10 +104,15 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     validate.check(config)
     if mode == "export":
         export.check_format(config.get("export", {}).get("format", "jax_export"))
-    if config.get("task") == "pretrain_teacher":
-        if mode != "train":
-            raise UserError("teacher pretraining has only --mode=train")
-        return pretrain.run(config, workdir)
+    if config.get("task") == "pretrain_teacher" and mode != "train":
+        raise UserError("teacher pretraining has only --mode=train")
+    with workdir_module.locked(workdir, parallel.is_writer()):
+        if config.get("task") == "pretrain_teacher":
+            return pretrain.run(config, workdir)
+        return _run_categories(config, workdir, mode)
+
+
+def _run_categories(config, workdir: str, mode: str) -> dict:
     start = time.time()
     writer = parallel.is_writer()  # only process 0 writes files and prints
     workdir_module.prepare(workdir, config, writer)
@@ -214,8 +219,7 @@ def _results(config, method, dataset_name, root, categories, per_category, start
 
 def _write_results(config, workdir, dataset_name, results, per_category, partial=False) -> None:
     """results.json, the tables and the printed table (process 0)."""
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    files.write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     mean = report.mean_over_categories(per_category)
     tables = report.write_tables(workdir, per_category, mean,
                                  f"{config.method} on {dataset_name} ({config.image_size}² images)")

@@ -4,16 +4,28 @@
 rerun that changes what the networks' shapes or meaning depend on (method, image size, model,
 student, teacher architecture) would meet an Orbax shape error deep in a restore, or silently
 resume a network trained for another input; it stops first, naming the key and both values.
+
+``W/.lock`` keeps a second job out of a workdir in use: two runs into one folder would interleave
+their logs and overwrite each other's checkpoints. The lock is the kernel's ``flock`` on that file
+(released when the holder exits, however it exits; NFS passes it between hosts), and the file's
+text names the holder for the message. Only process 0 of a multi-process job takes it.
 """
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
-from typing import Dict, List
+import socket
+import time
+from typing import Dict, Iterator, List, Optional
 
+from kdad_jax import files
 from kdad_jax.config_files import flatten
-from kdad_jax.errors import UserError
+from kdad_jax.errors import UserError, warn
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 # Keys (or sections) a trained checkpoint depends on; everything else may change between runs
 # (more steps, other eval settings, moved data).
 _TRAINED_WITH = ("method", "image_size", "model", "student", "students", "dskd", "mixed",
@@ -68,8 +80,88 @@ def prepare(workdir: str, config, writer: bool) -> None:
             raise UserError(f"{workdir}: its checkpoints were trained with {'; '.join(changes)} "
                             f"({path}); use a new --workdir, or the workdir's values")
     if writer:
+        files.write_text(path, config.to_json(indent=2))
+
+
+def _holder_text() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def _read_holder(fd: int) -> Optional[dict]:
+    """The holder recorded in the lock file, or None when it is empty or unreadable."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        holder = json.loads(os.read(fd, 4096).decode("utf-8", "replace") or "null")
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _describe(holder: Optional[dict]) -> str:
+    if not holder:
+        return "another run (its pid is not recorded)"
+    return (f"another run: pid {holder.get('pid')} on host {holder.get('host')}, "
+            f"since {holder.get('since')}")
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def _take_without_flock(workdir: str, fd: int) -> None:
+    """Filesystems without locks (ENOLCK): trust the recorded pid where it can be checked."""
+    holder = _read_holder(fd)
+    if not holder:
+        return
+    if holder.get("host") != socket.gethostname():
+        raise UserError(f"{workdir}: in use by {_describe(holder)} (this filesystem has no locks: "
+                        f"delete {os.path.join(workdir, LOCK_FILE)} if that run is gone)")
+    if _pid_alive(holder.get("pid")) and int(holder["pid"]) != os.getpid():
+        raise UserError(f"{workdir}: in use by {_describe(holder)}; wait for it to end or use "
+                        f"another --workdir")
+
+
+@contextlib.contextmanager
+def locked(workdir: str, writer: bool = True) -> Iterator[None]:
+    """Make ``workdir`` and hold its lock for the block; a workdir held by a live run is one
+    ``UserError`` naming that run's pid and host. A lock left by a process that died (``kill -9``,
+    a lost node) is taken over with a warning."""
+    make(workdir)
+    if not writer:
+        yield
+        return
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"{path}: cannot open the workdir's lock ({e.strerror})") from None
+    try:
         try:
-            with open(path, "w") as f:
-                f.write(config.to_json(indent=2))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{workdir}: in use by {_describe(_read_holder(fd))}; wait for it to "
+                            f"end or use another --workdir") from None
         except OSError as e:
-            raise UserError(f"{path}: cannot write ({e.strerror})") from None
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise UserError(f"{path}: cannot lock the workdir ({e.strerror})") from None
+            _take_without_flock(workdir, fd)
+        stale = _read_holder(fd)
+        if stale:
+            warn(f"{workdir}: taking over the lock of pid {stale.get('pid')} on host "
+                 f"{stale.get('host')} (that run ended without releasing it)")
+        os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):  # a full disk: the flock still holds, unnamed
+            os.pwrite(fd, _holder_text().encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # an empty lock file: nobody holds the workdir
+    finally:
+        os.close(fd)

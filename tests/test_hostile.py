@@ -10,8 +10,11 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.parse
 import zipfile
 
 import jax
@@ -288,11 +291,44 @@ def test_predict_keeps_same_stem_inputs_apart_and_takes_any_file_name(trained, t
     (inputs / "note.txt").write_text("ignored")
     proc = _predict(reference, inputs, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / "out")) == ["a_jpg.png", "a_png.png", "caf\udce9.png",
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.jpg.png", "a.png.png", "caf%E9.png.png",
                                                     "scores.csv"]
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv", encoding="utf-8")))
     assert len(rows) == 3 and all(r["score"] for r in rows)
     assert any(r["path"].endswith("caf\\udce9.png") for r in rows)
+
+
+def test_predict_names_each_overlay_reversibly_and_never_reads_its_own_output(trained, tmp_path):
+    root, reference, _ = trained
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    good = Image.open(root / "widget" / "test" / "good" / "000.png")
+    bad = next((root / "widget" / "test").glob("[!g]*/*.png"))
+    images = {"sub/x.png": good, "sub__x.png": Image.open(bad), "a.png": good, "a.PNG": Image.open(bad)}
+    for name, image in images.items():
+        image.save(inputs / name, format="PNG")
+    output = inputs / "out"  # inside the input folder: the second run must not score overlays
+    for _ in range(2):
+        proc = _predict(reference, inputs, output)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = list(csv.DictReader(open(output / "scores.csv", encoding="utf-8")))
+        assert len(rows) == 4
+    assert "left out 4 image(s) under --output" in proc.stderr
+    overlays = sorted(p for p in os.listdir(output) if p.endswith(".png"))
+    assert len(overlays) == 4 and sorted(r["overlay"] for r in rows) == overlays
+    assert len({p.casefold() for p in overlays}) == 4  # unique on a case-insensitive disk too
+    scores = {}
+    for row in rows:  # the overlay name gives back the input's relative path
+        relative = urllib.parse.unquote(row["overlay"][: -len(".png")])
+        assert os.path.join(str(inputs), relative) == row["path"]
+        scores[relative] = float(row["score"])
+    # each overlay shows its own input: the pictures under the captions pair up as the inputs do
+    picture = {urllib.parse.unquote(r["overlay"][: -len(".png")]):
+               np.asarray(Image.open(output / r["overlay"]))[16:] for r in rows}
+    assert np.array_equal(picture["a.png"], picture["sub/x.png"])
+    assert np.array_equal(picture["a.PNG"], picture["sub__x.png"])
+    assert not np.array_equal(picture["a.png"], picture["a.PNG"])
+    assert scores["a.png"] == scores["sub/x.png"] != scores["a.PNG"] == scores["sub__x.png"]
 
 
 def test_predict_with_a_truncated_thresholds_file(trained, tmp_path):
@@ -523,3 +559,223 @@ def test_an_npz_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(StateDictError, match="evil.npz"):
         read_state_dict(str(path))
     assert not (tmp_path / "marker").exists()
+
+
+# --- one workdir, one run ------------------------------------------------------------------------
+
+_HOLD_LOCK = """
+import sys, time
+from kdad_jax.workdir import locked
+with locked(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold_workdir(workdir):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(workdir)], cwd=PROJECT,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_on_a_workdir_in_use_stops_naming_the_holder(trained, tmp_path, capsys):
+    root, reference, config = trained
+    workdir = _copy(reference, tmp_path)
+    metrics = (workdir / "metrics.jsonl").read_bytes()
+    holder = _hold_workdir(workdir)
+    try:
+        proc = _main("--config=configs/efficientad.py:smoke", f"--workdir={workdir}",
+                     f"--config.data.root={root}", "--mode=eval")
+        lines = _one_line_error(proc)
+        assert len(lines) == 1
+        assert f"{workdir}: in use by another run: pid {holder.pid} on host {socket.gethostname()}" \
+            in lines[0]
+        assert (workdir / "metrics.jsonl").read_bytes() == metrics  # the second run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing (SIGKILL): the next run takes the workdir over, warning.
+    kdad_main.run(config, str(workdir), mode="eval")
+    assert (f"warning: {workdir}: taking over the lock of pid {holder.pid} on host "
+            f"{socket.gethostname()}") in capsys.readouterr().err
+    assert (workdir / ".lock").read_text() == ""  # released at the end
+
+
+_KILLED_IN_SAVE = """
+import os, signal, sys
+from absl import app
+from orbax.checkpoint._src.path import atomicity
+from kdad_jax import main
+
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def killed_before_the_rename_of_step_4(self, *args, **kwargs):
+    if os.path.basename(str(self.get())).startswith("4."):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+atomicity.AtomicRenameTemporaryPath.finalize = killed_before_the_rename_of_step_4
+sys.argv = ["main", *sys.argv[1:]]
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+
+
+def _leftovers(workdir):
+    return [p for p in workdir.rglob("*") if "orbax-checkpoint-tmp" in p.name]
+
+
+def test_a_rerun_after_kill_9_during_a_save_removes_the_saves_leftovers(trained, tmp_path):
+    root, _, config = trained
+    workdir = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_IN_SAVE, "--config=configs/efficientad.py:smoke",
+         f"--workdir={workdir}", f"--config.data.root={root}", f"--config.train.steps={STEPS}",
+         f"--config.train.checkpoint_every={EVERY}", "--config.eval.num_heatmaps=0",
+         "--config.eval.plots=False"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert _leftovers(workdir), "the kill did not land inside the save"
+    results = kdad_main.run(config, str(workdir), mode="eval")  # saves nothing: opening cleans
+    assert _leftovers(workdir) == []
+    assert results["per_category"]["widget"]["train_steps"] == EVERY
+    results = kdad_main.run(config, str(workdir))
+    assert results["per_category"]["widget"]["train_steps"] == STEPS
+    assert sorted(int(p.name) for p in (workdir / "checkpoints" / "widget").iterdir()
+                  if p.name.isdigit()) == [4, STEPS]
+
+
+# --- names that are markup or formulas -----------------------------------------------------------
+
+HOSTILE_NAME = '<img src=x onerror="alert(1)">|=HYPERLINK("http://x")'
+
+
+def test_names_in_results_md_and_csv_stay_text(tmp_path):
+    import markdown as python_markdown  # passes raw HTML through, as many viewers do
+
+    from kdad_jax.report import tables
+    result = {"image_auroc": 0.5, "pixel_auroc": 0.75,
+              "image_auroc_per_defect": {"=cmd|' /C calc'!A0": 0.5, "<b>bold</b>_x_": 1.0},
+              "unavailable": {"au_pro": "no <script>masks</script>"}}
+    per_category = {HOSTILE_NAME: result, "metal_nut": dict(result)}
+    md_path, csv_path = tables.write_tables(str(tmp_path), per_category,
+                                            tables.mean_over_categories(per_category), "run <i>x</i>")
+    rendered = python_markdown.markdown(open(md_path).read(), extensions=["tables"])
+    for tag in ("<img", "<b>", "<script", "<i>", "<a ", "<em>"):
+        assert tag not in rendered
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;|=HYPERLINK" in rendered  # shown whole
+    assert "metal_nut" in rendered and "_x_" in rendered
+    for table in rendered.split("<table>")[1:]:  # no name splits a row into more cells
+        rows = table.split("<tr>")[1:]
+        assert len({row.count("<td") + row.count("<th") for row in rows}) == 1, table
+    names = [row[0] for row in csv.reader(open(csv_path, newline=""))][1:]
+    assert names == [HOSTILE_NAME, "metal_nut", "mean"]  # not a formula start: unchanged
+    formula = "=HYPERLINK(1)"
+    _, csv_path = tables.write_tables(str(tmp_path), {formula: result}, {}, "t")
+    assert list(csv.reader(open(csv_path, newline="")))[1][0] == "'" + formula
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB tmpfs (root only): real ENOSPC from the kernel, Orbax and TensorStore included."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'}); "
+                    "test_a_failing_write_keeps_the_previous_export covers the same code")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk, leave):
+    """Leave ``leave`` bytes free on ``disk``."""
+    index = len(list(disk.glob("filler*")))
+    with open(disk / f"filler{index}", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(shutil.disk_usage(disk).free - leave, 1))
+
+
+def _no_temporary_files(folder):
+    return [p for p in folder.rglob("*") if ".tmp-" in p.name or "orbax-checkpoint-tmp" in p.name]
+
+
+def test_a_full_disk_during_export_keeps_the_previous_export_and_is_one_line(trained, small_disk):
+    root, reference, _ = trained
+    workdir = small_disk / "w"
+    shutil.copytree(reference, workdir)
+    export = workdir / "export" / "widget"
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    images = np.asarray(Image.open(root / "widget" / "test" / "good" / "000.png").convert("RGB"))[None]
+    scores = deploy.load(str(export)).scores(images)
+    _fill(small_disk, 2 << 20)  # 2 MB: the export's 12 MB of weights cannot be written
+    args = ("--config=configs/efficientad.py:smoke", f"--workdir={workdir}", f"--config.data.root={root}",
+            "--config.eval.num_heatmaps=0", "--config.eval.plots=False")
+    [line] = _one_line_error(_main(*args, "--mode=export"))
+    assert "cannot write (No space left on device); the previous file, if any, is kept" in line
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+    np.testing.assert_array_equal(deploy.load(str(export)).scores(images), scores)
+    results = (workdir / "results.json").read_bytes()
+    _fill(small_disk, 0)  # now nothing at all: evaluation stops at its first write, one line
+    [line] = _one_line_error(_main(*args, "--mode=eval"))
+    assert "No space left on device" in line and str(workdir) in line
+    assert (workdir / "results.json").read_bytes() == results
+    assert _no_temporary_files(workdir) == []
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_without_orbax_tracebacks(
+        trained, small_disk):
+    root, _, _ = trained
+    _fill(small_disk, 30 << 20)  # room for one 21 MB checkpoint, not two
+    proc = _main("--config=configs/efficientad.py:smoke", f"--workdir={small_disk / 'w'}",
+                 f"--config.data.root={root}", f"--config.train.steps={STEPS}",
+                 f"--config.train.checkpoint_every={EVERY}", "--config.eval.num_heatmaps=0")
+    [line] = _one_line_error(proc)
+    assert "could not save the checkpoint of step 4 (No space left on device)" in line
+    assert "the last good checkpoint (step 2) is kept" in line
+    assert "raised an exception" not in proc.stderr  # Orbax's thread reports are dropped
+    assert _no_temporary_files(small_disk) == []  # the half-written save gave its space back
+    assert len(_leaves(small_disk / "w", 2)) > 10
+
+
+def test_a_failing_write_keeps_the_previous_export(trained, tmp_path, monkeypatch):
+    """Without a tmpfs: the disk fills half-way through the weights file."""
+    from kdad_jax import files
+    from kdad_jax.serve import export as export_module
+    _, reference, config = trained
+    workdir = _copy(reference, tmp_path)
+    export = workdir / "export" / "widget"
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    real_open = open
+
+    class HalfWritten:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, data):
+            self.stream.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+    def filling(path, mode="r", *args, **kwargs):
+        stream = real_open(path, mode, *args, **kwargs)
+        return HalfWritten(stream) if "weights.msgpack" in str(path) else stream
+
+    monkeypatch.setattr(files, "open", filling, raising=False)
+    with pytest.raises(UserError) as error:
+        kdad_main.run(config, str(workdir), mode="export")
+    assert "weights.msgpack: cannot write (No space left on device)" in str(error.value)
+    assert "\n" not in str(error.value)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+    assert _no_temporary_files(workdir) == []
+    deploy.load(str(export))

@@ -149,7 +149,7 @@ def test_onnx_export_of_a_trained_run_matches_in_process_maps(tiny_tree, tmp_pat
     folder = tmp_path / "run" / "export" / "widget"
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.onnx"]
     meta = json.load(open(folder / "meta.json"))
-    assert meta["format"] == "kdad_jax onnx v1" and meta["image_size"] == 64
+    assert meta["format"] == "kdad_jax onnx v2" and meta["image_size"] == 64
     assert meta["threshold"] == results["per_category"]["widget"]["image_threshold"]
 
     data = dataset.read_category("mvtec", tiny_tree, "widget", 64)

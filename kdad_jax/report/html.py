@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from kdad_jax import metrics
+from kdad_jax import files, metrics
 from kdad_jax.report import tables, visualize
 
 REPORT_FILE = "report.html"
@@ -56,8 +56,7 @@ def write_gallery(folder: str, data, maps: np.ndarray, threshold, color_range: S
             entries.append({"group": group, "panel": name, "file": data.test_paths[i],
                             "defect": data.test_defects[i], "score": float(scores[i])})
     path = os.path.join(folder, GALLERY_FILE)
-    with open(path, "w") as f:
-        json.dump({"threshold": threshold, "images": entries}, f, indent=1)
+    files.write_text(path, json.dumps({"threshold": threshold, "images": entries}, indent=1))
     return path
 
 
@@ -186,6 +185,5 @@ def write_report(workdir: str, results: dict, per_category: Dict[str, dict]) -> 
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{_text(title)}</title>{_STYLE}{_PAGE_CHECK}</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     path = os.path.join(workdir, REPORT_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    files.write_text(path, page)
     return path

@@ -8,7 +8,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from kdad_jax import metrics
+from kdad_jax import files, metrics
+from kdad_jax.report import escape
 from kdad_jax.metrics import METRIC_KEYS
 
 # LOCO's two anomaly types: AU-sPRO at FPR ≤ 0.05 (its paper's headline) and image AUROC
@@ -78,17 +79,18 @@ def unavailable_lines(name: str, result: dict) -> List[str]:
 
 
 def _notes(per_category) -> List[str]:
-    return [f"- {line}" for name, r in per_category.items() for line in unavailable_lines(name, r)]
+    return [f"- {escape.markdown(line)}" for name, r in per_category.items()
+            for line in unavailable_lines(name, r)]
 
 
 def markdown(per_category: Dict[str, dict], mean: Dict[str, float], heading: str) -> str:
     """Percentages with one decimal, as in papers; '–' where a metric is undefined (see notes)."""
     keys, rows = _rows(per_category, mean)
     results = list(per_category.values())
-    lines = [f"# {heading}", "", "| category | " + " | ".join(title(k, results) for k in keys) + " |",
+    lines = [f"# {escape.markdown(heading)}", "", "| category | " + " | ".join(title(k, results) for k in keys) + " |",
              "|---|" + "---:|" * len(keys)]
     for row in rows:
-        name = f"**{row[0]}**" if row is rows[-1] else row[0]
+        name = "**mean**" if row is rows[-1] else escape.markdown(row[0])
         lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{100 * v:.1f}"
                                                  for v in row[1:]) + " |")
     lines += ["", "Values in %; the mean is over the categories where a metric is defined."]
@@ -100,7 +102,8 @@ def markdown(per_category: Dict[str, dict], mean: Dict[str, float], heading: str
     if defect_rows:
         lines += ["", "## Image AUROC per defect type (good test images vs that type)", "",
                   "| category | defect | image AUROC |", "|---|---|---:|"]
-        lines += [f"| {n} | {d} | {'–' if v is None else f'{100 * v:.1f}'} |" for n, d, v in defect_rows]
+        lines += [f"| {escape.markdown(n)} | {escape.markdown(d)} | "
+                  f"{'–' if v is None else f'{100 * v:.1f}'} |" for n, d, v in defect_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -109,12 +112,12 @@ def write_tables(workdir: str, per_category: Dict[str, dict], mean: Dict[str, fl
     """``W/results.md`` and ``W/results.csv`` (fractions, empty where undefined)."""
     keys, rows = _rows(per_category, mean)
     md_path, csv_path = os.path.join(workdir, "results.md"), os.path.join(workdir, "results.csv")
-    with open(md_path, "w") as f:
-        f.write(markdown(per_category, mean, title))
-    with open(csv_path, "w", newline="") as f:
+    files.write_text(md_path, markdown(per_category, mean, title))
+    with files.replacing(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["category", *keys])
-        writer.writerows([[row[0], *("" if v is None else f"{v:.6f}" for v in row[1:])] for row in rows])
+        writer.writerows([[escape.csv_cell(row[0]), *("" if v is None else f"{v:.6f}" for v in row[1:])]
+                          for row in rows])
     return [md_path, csv_path]
 
 
@@ -154,6 +157,7 @@ def plot_curves(path: str, name: str, maps: np.ndarray, labels: np.ndarray, mask
         axis.grid(alpha=0.3)
     figure.suptitle(name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with files.replacing(path, "wb") as f:
+        figure.savefig(f, dpi=100, format="png")
     plt.close(figure)
     return path

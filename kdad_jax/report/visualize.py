@@ -5,6 +5,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kdad_jax import files
+
 MIN_SIDE = 256  # pixels: panels of smaller images are enlarged (nearest) to this height
 
 
@@ -30,7 +32,13 @@ def save_panel(path: str, image, amap, mask, vmin, vmax, title: str) -> None:
     gt = np.repeat((np.asarray(mask, np.uint8) * 255)[..., None], 3, axis=-1)
     canvas = captioned([image, overlay(image, amap, vmin, vmax), gt], title)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    canvas.save(path)
+    save_png(path, canvas)
+
+
+def save_png(path: str, picture: Image.Image) -> None:
+    """``picture`` as ``path`` (written beside it, then renamed: see ``kdad_jax.files``)."""
+    with files.replacing(path, "wb") as f:
+        picture.save(f, format="PNG")
 
 
 def captioned(columns, title: str) -> Image.Image:

@@ -8,7 +8,9 @@
 
 ``images``: uint8 in 0–255 or floats in [0, 1]; one image ``[H, W, 3]`` (RGB), ``[H, W]`` or
 ``[H, W, 1]`` (grayscale), or a batch of them ``[B, H, W, 3]``, ``[B, H, W]``, ``[B, H, W, 1]``;
-any H, W (resized bilinearly to the export's size). Anything else — other dtypes (uint16, int64,
+any H, W (resized bilinearly to the export's size). Shapes that could be read two ways are
+refused: a last axis of 2 or 4 (gray+alpha, RGBA) and channels first (``[3, H, W]``,
+``[B, 3, H, W]``); pass a grayscale batch of three as ``[3, H, W, 1]``. Anything else — other dtypes (uint16, int64,
 a Python list of ints), floats outside [0, 1], NaN or Inf (a broken camera frame) — is a
 ``ValueError`` saying what was expected: never a score that reads as "good". An empty batch
 ``[0, H, W, 3]`` gives empty results.
@@ -20,17 +22,18 @@ Pillow and, for the artifact it loads, JAX with Flax's msgpack reader or ONNX Ru
 production image runs none of the training code.
 """
 
+import hashlib
 import json
+import math
 import os
-from typing import Optional
-
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
 FUNCTION_FILE, WEIGHTS_FILE, META_FILE = "model.jax_export", "weights.msgpack", "meta.json"
 ONNX_FILE = "model.onnx"
+JAX_FORMAT, ONNX_FORMAT = "kdad_jax export v2", "kdad_jax onnx v2"  # v2: meta.json lists the files' sha256
 
 
 class Detector:
@@ -87,7 +90,11 @@ def _checked(images) -> np.ndarray:
 
 
 def _as_rgb_batch(array: np.ndarray) -> np.ndarray:
-    """[H, W], [H, W, 1|3], [B, H, W], [B, H, W, 1|3] -> [B, H, W, 3] (same dtype)."""
+    """[H, W], [H, W, 1|3], [B, H, W], [B, H, W, 1|3] -> [B, H, W, 3] (same dtype). Layouts that
+    would otherwise read as a batch of narrow images are refused (see ``_ambiguity``)."""
+    problem = _ambiguity(array.shape)
+    if problem:
+        raise ValueError(f"images are shaped {list(array.shape)}: {problem}; expected {_EXPECTED}")
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] not in (1, 3)):
         array = array[..., None]  # grayscale without a channel axis
     if array.ndim == 3:
@@ -95,6 +102,20 @@ def _as_rgb_batch(array: np.ndarray) -> np.ndarray:
     if array.ndim != 4 or array.shape[-1] not in (1, 3) or 0 in array.shape[1:]:
         raise ValueError(f"images are shaped {list(np.shape(array))}: expected {_EXPECTED}")
     return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
+def _ambiguity(shape) -> Optional[str]:
+    """Why a 3-D or 4-D shape is not one of the accepted layouts, when it looks like another."""
+    if len(shape) not in (3, 4) or shape[-1] in (1, 3):
+        return None
+    if shape[-1] in (2, 4):
+        return ("a last axis of 2 or 4 reads as gray+alpha or RGBA channels, which are not taken: "
+                "drop the alpha channel (image[..., :3]; for a grayscale batch of such width pass "
+                "[B, H, W, 1])")
+    if shape[-3] == 3:
+        return ("channels first ([3, H, W] or [B, 3, H, W]) is not taken: move the channels last "
+                "(np.moveaxis(images, -3, -1); for three grayscale images pass [3, H, W, 1])")
+    return None
 
 
 def _resize(batch: np.ndarray, size: int) -> np.ndarray:
@@ -114,24 +135,110 @@ def _resize(batch: np.ndarray, size: int) -> np.ndarray:
     return np.clip(batch.astype(np.float32), 0.0, 1.0)
 
 
+class ArtifactError(ValueError):
+    """The export folder is not a whole, consistent artifact; one line naming the file."""
+
+
 def load(folder: str) -> Detector:
-    """The detector exported to ``folder`` (either format; ``meta.json`` says which)."""
-    with open(os.path.join(folder, META_FILE)) as f:
-        meta = json.load(f)
-    if str(meta.get("format", "")).startswith("kdad_jax onnx"):
+    """The detector exported to ``folder`` (either format; ``meta.json`` says which).
+
+    Before anything runs, ``meta.json`` is validated (known format, positive image size, a finite
+    threshold or none) and every file it lists must have the sha256 it records, so a file copied
+    in from another export, a truncated copy or a hand-edited meta is refused with one
+    ``ArtifactError`` line naming the file."""
+    meta = _read_meta(folder)
+    _verify_files(folder, meta)
+    if meta["format"].startswith("kdad_jax onnx"):
         return Detector(_onnx_runner(os.path.join(folder, ONNX_FILE)), meta)
     return Detector(_jax_runner(folder, meta["arguments"]), meta)
+
+
+def _read_meta(folder: str) -> dict:
+    path = os.path.join(folder, META_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f, parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found ({folder} is not an export folder)") from None
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: not a JSON object")
+    problem = _meta_problem(meta)
+    if problem:
+        raise ArtifactError(f"{path}: {problem}; re-export the model")
+    return meta
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _meta_problem(meta: dict) -> Optional[str]:
+    """What makes ``meta`` unusable, or None."""
+    if meta.get("format") not in (JAX_FORMAT, ONNX_FORMAT):
+        known = f"{JAX_FORMAT!r} or {ONNX_FORMAT!r}"
+        return f"format is {meta.get('format')!r}, expected {known}"
+    size = meta.get("image_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        return f"image_size is {size!r}, expected a positive integer"
+    if meta.get("threshold") is not None and not _is_number(meta["threshold"]):
+        return f"threshold is {meta['threshold']!r}, expected a finite number (or null)"
+    needed = [ONNX_FILE] if meta["format"] == ONNX_FORMAT else [FUNCTION_FILE, WEIGHTS_FILE]
+    listed = meta.get("files")
+    if not isinstance(listed, dict) or any(not isinstance(listed.get(n), str) for n in needed):
+        return f"files must give the sha256 of {', '.join(needed)}"
+    arguments = meta.get("arguments")
+    if meta["format"] == JAX_FORMAT and not (isinstance(arguments, list) and arguments
+                                             and all(isinstance(a, str) for a in arguments)):
+        return "arguments must list the names of the function's arguments"
+    return None
+
+
+def _verify_files(folder: str, meta: dict) -> None:
+    for name, expected in meta["files"].items():
+        path = os.path.join(folder, os.path.basename(str(name)))
+        try:
+            digest = _sha256(path)
+        except OSError as e:
+            raise ArtifactError(f"{path}: cannot read ({e.strerror})") from None
+        if digest != expected:
+            raise ArtifactError(f"{path}: sha256 {digest[:12]}… differs from {expected[:12]}… in "
+                                f"{META_FILE}: the file is not the one this export wrote (copied "
+                                f"from another export, truncated or changed); re-export")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _jax_runner(folder: str, argument_names) -> Callable:
     from flax import serialization
     from jax import export as jax_export
-    with open(os.path.join(folder, FUNCTION_FILE), "rb") as f:
-        exported = jax_export.deserialize(bytearray(f.read()))
-    with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
-        weights = serialization.msgpack_restore(f.read())
-    arguments = [weights[name] for name in argument_names]
+    path = os.path.join(folder, FUNCTION_FILE)
+    try:
+        with open(path, "rb") as f:
+            exported = jax_export.deserialize(bytearray(f.read()))
+        path = os.path.join(folder, WEIGHTS_FILE)
+        with open(path, "rb") as f:
+            weights = serialization.msgpack_restore(f.read())
+        arguments = [weights[name] for name in argument_names]
+    except Exception as e:  # noqa: BLE001 - the readers raise many types on a file they cannot parse
+        raise ArtifactError(f"{path}: cannot load ({type(e).__name__}: {_first_line(e)})") from None
     return lambda batch: exported.call(*arguments, batch)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def _onnx_runner(path: str) -> Callable:
@@ -141,5 +248,8 @@ def _onnx_runner(path: str) -> Callable:
         raise ImportError(f"{path} is an ONNX model: pip install onnxruntime (or kdad_jax[onnx])") from None
     preferred = ("CUDAExecutionProvider", "CPUExecutionProvider")  # TensorRT: build an engine from the file
     available = onnxruntime.get_available_providers()
-    session = onnxruntime.InferenceSession(path, providers=[p for p in preferred if p in available])
+    try:
+        session = onnxruntime.InferenceSession(path, providers=[p for p in preferred if p in available])
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types on a bad model
+        raise ArtifactError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
     return lambda batch: session.run(["maps"], {"images": batch})[0]

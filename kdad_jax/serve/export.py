@@ -7,19 +7,19 @@ Writes ``W/export/<category>/``:
                      size symbolic: images [B, S, S, 3] float32 RGB in [0, 1] -> maps [B, S, S]
   weights.msgpack    its arguments: trained params, BatchNorm state, frozen teacher and the
                      normalization constants (``stats``: teacher mean/std, map quantiles, ...)
-  meta.json          image size, method, platforms (cpu, cuda and tpu, whatever exported it),
+  meta.json          format version, the sha256 of each file above, image size, method, platforms (cpu, cuda and tpu, whatever exported it),
                      the normalization constants' names and shapes, and the image-score
                      threshold when evaluation chose one
 With ``--config.export.format=onnx`` instead:
   model.onnx         the same function as one ONNX model (opset 18, weights inside, batch
                      dynamic): images [batch, S, S, 3] float32 RGB in [0, 1] -> maps [batch, S, S];
                      runs in ONNX Runtime, OpenVINO, TensorRT (``kdad_jax.serve.onnx_export``)
-  meta.json          as above, ``format`` 'kdad_jax onnx v1'
+  meta.json          as above, ``format`` 'kdad_jax onnx v2'
 ``kdad_jax.serve.deploy.load`` runs either (JAX, or ONNX Runtime), without training code or configs.
 """
 
+import hashlib
 import json
-import os
 from typing import Optional, Sequence
 
 import flax.serialization
@@ -27,10 +27,10 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
-from kdad_jax import parallel
+from kdad_jax import files, parallel
 from kdad_jax.errors import UserError
-from kdad_jax.serve.deploy import (FUNCTION_FILE, META_FILE, ONNX_FILE,  # the reader owns the layout
-                                   WEIGHTS_FILE)
+from kdad_jax.serve.deploy import (FUNCTION_FILE, JAX_FORMAT, META_FILE,  # the reader owns the layout
+                                   ONNX_FILE, ONNX_FORMAT, WEIGHTS_FILE)
 
 # jax.export lowers for platforms it is not running on: one artifact made on a laptop runs on a
 # CPU server, a CUDA GPU or a TPU (deploy picks the platform it finds).
@@ -62,15 +62,11 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
     specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
     exported = jax_export.export(jax.jit(method.anomaly_map), platforms=tuple(platforms))(*specs, images)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, FUNCTION_FILE), "wb") as f:
-        f.write(exported.serialize())
     names = ("params", "model_state", "frozen", "stats")
-    with open(os.path.join(folder, WEIGHTS_FILE), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(
-            dict(zip(names, args))))
+    contents = {FUNCTION_FILE: bytes(exported.serialize()),
+                WEIGHTS_FILE: flax.serialization.msgpack_serialize(dict(zip(names, args)))}
     meta = {
-        "format": "kdad_jax export v1",
+        "format": JAX_FORMAT,
         "method": method.name,
         "image_size": image_size,
         "input": "float32 RGB in [0, 1], [B, S, S, 3] (kdad_jax.serve.deploy resizes and scales uint8 images)",
@@ -81,8 +77,14 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         "normalization_constants": {k: list(np.shape(v)) for k, v in args[3].items()},
         **(extra_meta or {}),
     }
-    with open(os.path.join(folder, META_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
+    return _write(folder, contents, meta)
+
+
+def _write(folder: str, contents: dict, meta: dict) -> str:
+    """The artifact's files and, renamed into place last, ``meta.json`` with their sha256
+    (``deploy.load`` checks them: a file copied in from another export is refused)."""
+    meta = {**meta, "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}}
+    files.replace_together(folder, {**contents, META_FILE: json.dumps(meta, indent=2).encode()})
     return folder
 
 
@@ -94,11 +96,8 @@ def _export_onnx(folder: str, method, args, image_size: int, extra_meta: Optiona
     except onnx_export.UnsupportedError as e:
         raise UserError(f"config.export.format='onnx': {method.name} cannot be written as ONNX "
                         f"({e}); export it with export.format='jax_export'") from None
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ONNX_FILE), "wb") as f:
-        f.write(model.SerializeToString())
     meta = {
-        "format": "kdad_jax onnx v1",
+        "format": ONNX_FORMAT,
         "method": method.name,
         "image_size": image_size,
         "input": "images: float32 RGB in [0, 1], [batch, S, S, 3] (NHWC; kdad_jax.serve.deploy resizes "
@@ -108,9 +107,7 @@ def _export_onnx(folder: str, method, args, image_size: int, extra_meta: Optiona
         "compute_dtype": "float32",
         **(extra_meta or {}),
     }
-    with open(os.path.join(folder, META_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
-    return folder
+    return _write(folder, {ONNX_FILE: model.SerializeToString()}, meta)
 
 
 def _plain(tree):

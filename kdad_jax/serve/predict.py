@@ -3,24 +3,27 @@
     python -m kdad_jax.main --config=configs/efficientad.py:demo --workdir=W --mode=predict \
         --input=/line/camera3 --output=OUT [--threshold=T] [--save_maps]
 
-Writes ``OUT/scores.csv`` (path, score, is_anomalous), one overlay PNG per image (input | heat
-map on the category's fixed colour scale with the predicted-defect contour) and, with
-``--save_maps``, the raw maps as ``OUT/maps/<name>.npy``. The decision threshold is the one
+Writes ``OUT/scores.csv`` (path, overlay, score, is_anomalous, error), one overlay PNG per image
+(input | heat map on the category's fixed colour scale with the predicted-defect contour), named
+from the input's relative path (``output_names``) and, with ``--save_maps``, the raw maps as
+``OUT/maps/<name>.npy``. The decision threshold is the one
 evaluation chose and saved in ``W/thresholds.json`` (image F1-max on the test set);
 ``--threshold`` overrides it. The contour is drawn at the pixel F1-max threshold.
 """
 
 import csv
+import hashlib
 import json
 import os
+import urllib.parse
 from typing import List, Optional
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from kdad_jax import evaluate, train, validate
-from kdad_jax.report import visualize
+from kdad_jax import evaluate, files, train, validate
+from kdad_jax.report import escape, visualize
 from kdad_jax.data import images as image_io
 from kdad_jax.errors import UserError, warn
 from kdad_jax.workdir import make as make_folder
@@ -58,13 +61,17 @@ def save_thresholds(workdir: str, category: str, thresholds: dict, maps: np.ndar
         table = {}
     table[category] = {**thresholds, "color_range": evaluate.color_range(maps),
                        "train_steps": train_steps}
-    with open(path + ".tmp", "w") as f:
-        json.dump(table, f, indent=2)
-    os.replace(path + ".tmp", path)
+    files.write_text(path, json.dumps(table, indent=2))
 
 
-def list_inputs(spec: str) -> List[str]:
-    """Comma-separated files and/or folders (searched recursively) -> image paths."""
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def list_inputs(spec: str, output: Optional[str] = None) -> List[str]:
+    """Comma-separated files and/or folders (searched recursively) -> image paths; files under
+    ``output`` (overlays of an earlier run written inside the input folder) are left out."""
     paths = []
     for item in (p.strip() for p in spec.split(",") if p.strip()):
         if os.path.isdir(item):
@@ -73,6 +80,11 @@ def list_inputs(spec: str) -> List[str]:
             paths.append(item)
         else:
             raise UserError(f"{item}: no such file or folder")
+    if output is not None:
+        ours = [p for p in paths if _inside(p, output)]
+        if ours:
+            warn(f"left out {len(ours)} image(s) under --output={output} (this command's output)")
+            paths = [p for p in paths if not _inside(p, output)]
     if not paths:
         raise UserError(f"{spec}: no images found")
     return paths
@@ -119,16 +131,35 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# Characters a file name keeps as they are; every other one (``/``, ``%``, control characters,
+# bytes that are not UTF-8) is written as ``%XX``, so ``urllib.parse.unquote`` gives the path back.
+_KEPT = " -_.,+=@()[]~"
+_LONGEST = 240  # bytes; file systems allow 255
+
+
+def _encoded(relative: str, upper_too: bool) -> str:
+    name = urllib.parse.quote(relative.replace(os.sep, "/"), safe=_KEPT, errors="surrogateescape")
+    if name[:1] in "=+-@":  # a spreadsheet would read the scores.csv cell as a formula
+        name = f"%{ord(name[0]):02X}{name[1:]}"
+    if upper_too:  # for names that differ only in case: unique on case-insensitive disks too
+        name = "".join(f"%{ord(c):02X}" if "A" <= c <= "Z" else c for c in name)
+    if len(name.encode()) > _LONGEST:  # too long to be reversible: unique, and scores.csv names it
+        name = f"{name[:_LONGEST - 50]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return name
+
+
 def output_names(paths: List[str]) -> List[str]:
-    """One distinct file stem per input: the path relative to the inputs' common folder with
-    ``__`` for ``/``; when two stems would collide (``a.png`` and ``a.jpg``), those keep their
-    extension (``a_png``, ``a_jpg``), so no overlay overwrites another."""
-    base = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-    relative = [os.path.relpath(p, base).replace(os.sep, "__") for p in paths]
-    stems = [os.path.splitext(r)[0] for r in relative]
-    clashing = {s for s in stems if stems.count(s) > 1}
-    return [(stem + "_" + os.path.splitext(r)[1].lstrip(".").lower()) if stem in clashing else stem
-            for stem, r in zip(stems, relative)]
+    """One distinct overlay stem per input: its path relative to the inputs' common folder,
+    percent-encoded (``sub/x.png`` -> ``sub%2Fx.png``, ``sub__x.png`` stays), so
+    ``urllib.parse.unquote(stem)`` is the relative path. Stems that differ only in case
+    (``a.png``, ``a.PNG``) also encode their capitals, so no overlay replaces another on a
+    case-insensitive disk either. ``scores.csv`` names each row's overlay."""
+    absolute = [os.path.abspath(p) for p in paths]
+    base = os.path.commonpath(absolute) if len(paths) > 1 else os.path.dirname(absolute[0])
+    relative = [os.path.relpath(p, base) for p in absolute]
+    plain = [_encoded(r, upper_too=False) for r in relative]
+    folded = [n.casefold() for n in plain]
+    return [_encoded(r, upper_too=folded.count(f) > 1) for r, f in zip(relative, folded)]
 
 
 def _write_outputs(output, paths, images, maps, threshold, color_range, pixel_threshold,
@@ -139,14 +170,15 @@ def _write_outputs(output, paths, images, maps, threshold, color_range, pixel_th
         score = float(amap.max())
         flag = None if threshold is None else bool(score >= threshold)
         verdict = "" if flag is None else ("ANOMALOUS" if flag else "good")
-        _panel(image, amap, color_range, pixel_threshold,
-               f"{printable(os.path.basename(path))}  score {score:.3f}  {verdict}").save(
-            os.path.join(output, f"{name}.png"))
+        visualize.save_png(os.path.join(output, f"{name}.png"), _panel(
+            image, amap, color_range, pixel_threshold,
+            f"{printable(os.path.basename(path))}  score {score:.3f}  {verdict}"))
         if save_maps:
             os.makedirs(os.path.join(output, "maps"), exist_ok=True)
-            np.save(os.path.join(output, "maps", f"{name}.npy"), amap)
-        rows.append({"path": printable(path), "score": score, "is_anomalous": "" if flag is None else int(flag),
-                     "error": ""})
+            with files.replacing(os.path.join(output, "maps", f"{name}.npy"), "wb") as f:
+                np.save(f, amap)
+        rows.append({"path": escape.csv_cell(printable(path)), "overlay": f"{name}.png", "score": score,
+                     "is_anomalous": "" if flag is None else int(flag), "error": ""})
     return rows
 
 
@@ -160,11 +192,12 @@ def run(config, workdir: str, inputs: str, output: str, threshold: Optional[floa
     trained = train.load_trained(config, workdir, category, method)
     saved = _saved_thresholds(workdir, category, threshold)
     threshold = saved.get("image_threshold") if threshold is None else threshold
-    skipped, requested = [], list_inputs(inputs)
+    skipped, requested = [], list_inputs(inputs, output)
     images, paths = image_io.read_images(requested, config.image_size, skipped)
     read = set(paths)
     unread = [p for p in requested if p not in read]  # in order, one per ``skipped`` message
-    rows = [{"path": printable(p), "score": "", "is_anomalous": "", "error": printable(message[len(p) + 2:])}
+    rows = [{"path": escape.csv_cell(printable(p)), "overlay": "", "score": "", "is_anomalous": "",
+             "error": escape.csv_cell(printable(message[len(p) + 2:]))}
             for p, message in zip(unread, skipped)]  # unreadable files: a row that says why
     make_folder(output, "--output")
     if images is not None:
@@ -173,8 +206,8 @@ def run(config, workdir: str, inputs: str, output: str, threshold: Optional[floa
         color_range = saved.get("color_range") or evaluate.color_range(maps)
         rows += _write_outputs(output, paths, images, maps, threshold, color_range,
                                saved.get("pixel_threshold"), save_maps)
-    with open(os.path.join(output, "scores.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "score", "is_anomalous", "error"])
+    with files.replacing(os.path.join(output, "scores.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "overlay", "score", "is_anomalous", "error"])
         writer.writeheader()
         writer.writerows(rows)
     note = f"threshold {threshold:.4g}" if threshold is not None else "no threshold (evaluate first or pass --threshold)"

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from kdad_jax import checkpoint, parallel, train
+from kdad_jax import checkpoint, files, parallel, train
 from kdad_jax.report import logs
 from kdad_jax.teachers import backbones
 from kdad_jax.data import augment, pipeline
@@ -228,8 +228,8 @@ def _write_teacher(config, method, workdir, state, stats, description, seconds) 
         params = {"params": params["params"][method.info["export_key"]]}
     checkpoint.save_params(path, jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), params))
     if stats:
-        np.savez(os.path.join(workdir, f"{name}_target_stats.npz"),
-                 **{k: np.asarray(v) for k, v in stats.items()})
+        with files.replacing(os.path.join(workdir, f"{name}_target_stats.npz"), "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in stats.items()})
     record = {
         "teacher": os.path.abspath(path),
         "sha256": backbones.sha256(path),
@@ -246,8 +246,7 @@ def _write_teacher(config, method, workdir, state, stats, description, seconds) 
         "config": json.loads(config.to_json()),
         "environment": logs.environment(),
     }
-    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
-        json.dump(record, f, indent=2)
+    files.write_text(os.path.join(workdir, f"{name}.json"), json.dumps(record, indent=2))
     use = os.path.abspath(workdir) if name.startswith("teacher_patch") else path  # students read a folder
     print(f"teacher: {path} (sha256 {record['sha256'][:16]}..., {record['steps']} steps, "
           f"final loss {record['final_loss']}); use it with --config.teacher.checkpoint={use}", flush=True)
