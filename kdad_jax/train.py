@@ -130,8 +130,10 @@ def _fit(config, workdir, category, method, tx, state, frozen, stats, train_imag
                      mngr, mesh, device_data=device_data)
 
 
-def _training_input(config, train_images: list, start_step: int):
+def _training_input(config, train_images: list, start_step: int, stacked: bool = False):
     """(one batch iterator per image set, device data or None) for steps ``start_step ..``.
+    ``stacked``: the sets feed stacked models (``[K, N, H, W, 3]`` on the device, a group of
+    one too), else one set feeds one model (``[N, H, W, 3]``).
 
     Training images go to the device when all of them fit ``config.data.device_data_mb``
     (stacked, padded to the largest set: each set's indices stay inside its own images); the
@@ -148,8 +150,7 @@ def _training_input(config, train_images: list, start_step: int):
     penalty_images = resident.penalty_array(penalty, budget - needed)
     padded = [np.concatenate([images, np.zeros((largest - len(images), *images.shape[1:]), np.uint8)])
               for images in train_images]
-    stacked = padded[0] if len(padded) == 1 else np.stack(padded)
-    data = resident.Resident(stacked, penalty_images, jax.random.key(config.seed + 2))
+    data = resident.Resident(np.stack(padded) if stacked else padded[0], penalty_images, jax.random.key(config.seed + 2))
     augment = resident.Augment(config.train.get("color_jitter"), penalty is not None,
                                config.penalty.grayscale_prob if penalty is not None else 0.0)
     on_device = 0 if penalty_images is None else len(penalty_images)
@@ -431,7 +432,7 @@ def train_categories(config, workdir: str, names: list, method: Method, train_im
     if trains:
         models = stacking.Models(names, [p.mngr for p in prepared], mesh, stacked=True)
         batches, device_data = _training_input(first.config, [p.fit_images for p in prepared],
-                                               first.step)
+                                               first.step, stacked=True)
         stats = stacking.stack([p.stats for p in prepared])
         state = run_steps(first.config, workdir, models.label, method, first.tx,
                           stacking.stack(states), first.frozen, stats,

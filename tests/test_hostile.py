@@ -602,6 +602,31 @@ def test_a_second_run_on_a_workdir_in_use_stops_naming_the_holder(trained, tmp_p
     assert (workdir / ".lock").read_text() == ""  # released at the end
 
 
+
+def _losses(workdir):
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.parametrize("together", [2, 3])
+def test_parallel_categories_larger_than_the_category_count_trains_as_alone(
+        trained, tmp_path, together):
+    """One category with K = 2 or 3: the group of one (the last group of 3 categories at K = 2)
+    trains as a stack of one, the same steps and results as the run with K = 1 (it raised 'vmap
+    got inconsistent sizes': its device images were not stacked)."""
+    root, reference, config = trained
+    alone = json.loads((reference / "results.json").read_text())["per_category"]["widget"]
+    results = kdad_main.run(smoke_config(root, parallel_categories=together), str(tmp_path / "w"))
+    got = results["per_category"]["widget"]
+    assert got["train_steps"] == STEPS
+    for key in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert got[key] == pytest.approx(alone[key], abs=1e-4), key
+    expected, losses = _losses(reference), _losses(tmp_path / "w")
+    assert set(losses) == set(expected) and len(expected) == STEPS
+    for step, loss in expected.items():
+        assert losses[step] == pytest.approx(loss, rel=1e-4), step
+
+
 _KILLED_IN_SAVE = """
 import os, signal, sys
 from absl import app
@@ -779,3 +804,71 @@ def test_a_failing_write_keeps_the_previous_export(trained, tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in export.iterdir()} == before
     assert _no_temporary_files(workdir) == []
     deploy.load(str(export))
+
+
+# --- artifacts prove what they are ---------------------------------------------------------------
+
+def _edit_meta(folder, change):
+    meta = json.loads((folder / "meta.json").read_text())
+    change(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _swap_in_other_weights(folder):
+    """Weights of 'another export': same file, one value changed (the sizes match)."""
+    from flax import serialization
+    weights = jax.tree_util.tree_map(
+        np.array, serialization.msgpack_restore((folder / "weights.msgpack").read_bytes()))
+    jax.tree_util.tree_leaves(weights["params"])[0].flat[0] += 1.0
+    (folder / "weights.msgpack").write_bytes(serialization.msgpack_serialize(weights))
+
+
+def _as_onnx_with_an_empty_model(folder):
+    (folder / "model.onnx").write_bytes(b"")
+    _edit_meta(folder, lambda m: m.update(format=deploy.ONNX_FORMAT,
+                                          files={"model.onnx": "ab" * 32}))
+
+
+ARTIFACT_DAMAGE = {
+    "nan_threshold": (lambda f: (f / "meta.json").write_text(
+        (f / "meta.json").read_text().replace('"threshold": ', '"threshold": NaN, "was": ')),
+        "meta.json: unreadable (ValueError: NaN is not a number"),
+    "string_threshold": (lambda f: _edit_meta(f, lambda m: m.update(threshold="0.5")),
+                         "threshold is '0.5', expected a finite number"),
+    "zero_image_size": (lambda f: _edit_meta(f, lambda m: m.update(image_size=0)),
+                        "image_size is 0, expected a positive integer"),
+    "unknown_format": (lambda f: _edit_meta(f, lambda m: m.update(format="kdad_jax export v9")),
+                       "format is 'kdad_jax export v9'"),
+    "no_arguments": (lambda f: _edit_meta(f, lambda m: m.pop("arguments")),
+                     "arguments must list the names"),
+    "no_digests": (lambda f: _edit_meta(f, lambda m: m.pop("files")),
+                   "files must give the sha256 of model.jax_export, weights.msgpack"),
+    "truncated_weights": (lambda f: (f / "weights.msgpack").write_bytes(
+        (f / "weights.msgpack").read_bytes()[:1000]), "weights.msgpack: sha256"),
+    "swapped_weights": (_swap_in_other_weights, "weights.msgpack: sha256"),
+    "swapped_function": (lambda f: (f / "model.jax_export").write_bytes(b"\0" * 100),
+                         "model.jax_export: sha256"),
+    "empty_model_onnx": (_as_onnx_with_an_empty_model, "model.onnx: sha256"),
+    "missing_meta": (lambda f: (f / "meta.json").unlink(), "meta.json: not found"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(ARTIFACT_DAMAGE))
+def test_a_damaged_or_mixed_up_artifact_is_refused_in_one_line(trained, tmp_path, damage):
+    _, reference, _ = trained
+    folder = tmp_path / "export"
+    shutil.copytree(reference / "export" / "widget", folder)
+    deploy.load(str(folder))  # whole before the damage
+    spoil, words = ARTIFACT_DAMAGE[damage]
+    spoil(folder)
+    with pytest.raises(deploy.ArtifactError) as error:
+        deploy.load(str(folder))
+    message = str(error.value)
+    assert words in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 4), (64, 64, 2), (3, 64, 64), (2, 3, 64, 64)])
+def test_deploy_refuses_images_whose_layout_is_ambiguous(detector, shape):
+    with pytest.raises(ValueError, match="expected") as error:
+        detector.scores(np.zeros(shape, np.uint8))
+    assert "alpha" in str(error.value) or "channels first" in str(error.value)
