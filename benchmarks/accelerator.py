@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-from kdad_jax import checkpoint, inference, parallel, stacking, train  # noqa: E402
+from kdad_jax import checkpoint, parallel, stacking, train  # noqa: E402
+from kdad_jax.kernels import compilation  # noqa: E402
 from kdad_jax.data import pipeline, resident  # noqa: E402
 from kdad_jax.methods import get_method  # noqa: E402
 
@@ -73,7 +74,7 @@ def inference_row(model: str, side: int, dtype: str, batch: int, calls: int, rep
     stats = {**stats, "q_st": np.array([0.0, 1.0], np.float32), "q_ae": np.array([0.0, 1.0], np.float32)}
     args = jax.device_put((params, model_state, frozen, stats))
     device_images = jax.device_put(host_images)
-    anomaly_map = inference.jit(method.anomaly_map)
+    anomaly_map = compilation.jit(method.anomaly_map)
     compute = _per_call(lambda: anomaly_map(*args, device_images), calls, repeats)
     copies = _per_call(lambda: np.asarray(anomaly_map(*args, host_images)), calls, repeats)
     row = {"model": model, "image_size": side, "dtype": dtype, "batch": batch}

@@ -41,11 +41,11 @@ def load_sample(folder: str, crop: int = 224):
 
 
 def flax_top1(variant: str, images: np.ndarray, labels: np.ndarray, batch: int = 50) -> float:
-    from kdad_jax import inference
+    from kdad_jax.kernels import compilation
     from kdad_jax.teachers import backbones
 
     backbone = backbones.load(variant, ("logits",))
-    apply = inference.jit(lambda x: backbone.module.apply(backbone.variables, x)["logits"])
+    apply = compilation.jit(lambda x: backbone.module.apply(backbone.variables, x)["logits"])
     predictions = np.concatenate([np.asarray(apply(images[i:i + batch])).argmax(-1)
                                   for i in range(0, len(images), batch)])
     return float((predictions == labels).mean())

@@ -11,7 +11,7 @@ onnxruntime/jax and onnxruntime/torch ratios. For JAX also the program's floatin
 cost analysis, ``jax_gflop``), the rate it runs at (``jax_gflop_per_s``) and, as the machine's
 yardstick, the rate of one large convolution alone (``conv_gflop_per_s``: PDN-S's last layer,
 [1, 59, 59, 256] * [4, 4, 256, 384]) — how far a program is from what the cores do. The JAX side is the function ``evaluate`` uses:
-``inference.jit(method.anomaly_map)``, one XLA program; the ONNX side is that function exported
+``compilation.jit(method.anomaly_map)``, one XLA program; the ONNX side is that function exported
 by ``--config.export.format=onnx`` (``kdad_jax.serve.onnx_export``) with the same weights.
 """
 
@@ -40,13 +40,13 @@ def jax_case(size, batch, image_size, repeats):
     import jax
     import jax.numpy as jnp
 
-    from kdad_jax import inference
+    from kdad_jax.kernels import compilation
 
     setup, stats = _setup_and_stats(size, batch, image_size)
     method, frozen, params, model_state = setup.method, setup.frozen, setup.params, setup.model_state
     images = jnp.asarray(setup.images)
     start = time.perf_counter()
-    compiled = inference.jit(method.anomaly_map).lower(
+    compiled = compilation.jit(method.anomaly_map).lower(
         params, model_state, frozen, stats, images).compile()
     compile_s = time.perf_counter() - start
     seconds = common.median_time(
@@ -69,11 +69,11 @@ def _reference_conv_rate(repeats):
     import jax
     import jax.numpy as jnp
 
-    from kdad_jax import inference
-    from kdad_jax.models.conv import conv2d
+    from kdad_jax.kernels import compilation
+    from kdad_jax.kernels import conv2d
 
     x, kernel = jnp.ones((1, 59, 59, 256), jnp.float32), jnp.full((4, 4, 256, 384), 0.01, jnp.float32)
-    compiled = inference.jit(conv2d).lower(x, kernel).compile()
+    compiled = compilation.jit(conv2d).lower(x, kernel).compile()
     seconds = common.median_time(lambda: jax.block_until_ready(compiled(x, kernel)), max(repeats, 5))
     return 56 * 56 * 384 * 4 * 4 * 256 * 2 / seconds / 1e9
 

@@ -76,7 +76,8 @@ def _batched(fn, images, batch: int = 8):
 def pdn_extractor(path: str, image_size: int, seed: int = 0):
     """images [B, S, S, 3] in [0, 1] -> unpadded PDN-S features [B, h, w, 384]; '' = random init."""
     import jax
-    from kdad_jax import checkpoint, inference
+    from kdad_jax import checkpoint
+    from kdad_jax.kernels import compilation
     from kdad_jax.teachers import shipped
     from kdad_jax.methods.base import imagenet_normalize
     from kdad_jax.models.pdn import PDN
@@ -85,17 +86,17 @@ def pdn_extractor(path: str, image_size: int, seed: int = 0):
     variables = jax.jit(pdn.init)(jax.random.key(seed), dummy)
     if path:
         variables = checkpoint.load_params(shipped.resolve(path), variables)
-    return inference.jit(lambda x: pdn.apply(variables, imagenet_normalize(x))), variables
+    return compilation.jit(lambda x: pdn.apply(variables, imagenet_normalize(x))), variables
 
 
 def lite0_targets():
     """images [B, V, V, 3] in [0, 1] -> Lite0's raw distillation targets [B, V/8, V/8, 384]."""
-    from kdad_jax import inference
+    from kdad_jax.kernels import compilation
     from kdad_jax.teachers import backbones
     from kdad_jax.methods.teacher_pretraining import backbone_targets
     backbone = backbones.load("efficientnet_lite0", LITE0_TAPS)
     apply = functools.partial(backbone.module.apply, backbone.variables)
-    return inference.jit(lambda x: backbone_targets(apply, LITE0_TAPS, 1024, 384, x))
+    return compilation.jit(lambda x: backbone_targets(apply, LITE0_TAPS, 1024, 384, x))
 
 
 def upsample2(images: np.ndarray) -> np.ndarray:
@@ -121,7 +122,8 @@ def heldout_losses(pdn_variables: dict, photos: str, batch: int = 8) -> dict:
     """{name: distillation loss on the ``ship`` recipe's held-out photos}: the recipe's own loss
     (methods/teacher_pretraining.py) on their centre views, with its target statistics computed
     once from the training photos' centre views, as the pretraining job computes them."""
-    from kdad_jax import config_files, inference
+    from kdad_jax import config_files
+    from kdad_jax.kernels import compilation
     from kdad_jax.teachers import pretrain
     from kdad_jax.methods import get_method
     config = config_files.load(os.path.join(PROJECT, "configs", "efficientad_teacher.py")).get_config("ship")
@@ -136,7 +138,7 @@ def heldout_losses(pdn_variables: dict, photos: str, batch: int = 8) -> dict:
 
     stats = method.prepare_stats(frozen, (views(train, i, min(len(train), i + batch))
                                           for i in range(0, len(train), batch)))
-    loss = inference.jit(lambda params, frozen, stats, images: method.loss(
+    loss = compilation.jit(lambda params, frozen, stats, images: method.loss(
         params, {}, frozen, stats, {"image": images}, None)[0])
     held_batches = [views(held, i, min(len(held), i + batch)) for i in range(0, len(held), batch)]
     return {name: sum(float(loss(variables, frozen, stats, b)) * len(b) for b in held_batches) / len(held)

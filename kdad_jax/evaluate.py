@@ -7,7 +7,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
-from kdad_jax import inference, metrics
+from kdad_jax import metrics
+from kdad_jax.kernels import compilation
 from kdad_jax.data.dataset import Category
 from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method
@@ -18,7 +19,7 @@ from kdad_jax.report import visualize
 def predict_maps(method: Method, params, model_state, frozen, stats, images: np.ndarray,
                  batch_size: int):
     """[N, H, W, 3] uint8 -> maps [N, H, W] float32 in fixed-size jitted batches (no recompiles)."""
-    anomaly_map = inference.jit(method.anomaly_map)
+    anomaly_map = compilation.jit(method.anomaly_map)
     maps = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size].astype(np.float32) / 255.0

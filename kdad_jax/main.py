@@ -5,14 +5,13 @@
 The logic lives in importable modules (``kdad_jax.run.run`` can be called from a notebook).
 """
 
-import errno
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from kdad_jax import parallel
-from kdad_jax.errors import UserError
+from kdad_jax.errors import UserError, disk_error_line, one_line
 from kdad_jax.report import describe
 from kdad_jax.run import run
 from kdad_jax.serve import predict
@@ -39,29 +38,14 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 
 
-# Errors of the disk, not of the program: full, over quota, read-only, no permission, failing.
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
-
-
-def _one_line(message: str) -> str:
-    """First and last lines of a multi-line message (absl embeds whole tracebacks)."""
-    lines = [l.strip() for l in message.replace("\\n", "\n").replace("\\'", "'").splitlines() if l.strip()]
-    if len(lines) > 1 and lines[0].endswith(":"):
-        return f"{lines[0][:-1]}: {lines[-1]}"
-    text = " ".join(lines)
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]
-    return text
-
-
 def _parse_flags(argv):
     """absl's parser, with config mistakes (unknown key, bad preset, bad value) as one line."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
     except (KeyError, AttributeError, ValueError, TypeError) as e:
-        print(f"error: invalid config override: {_one_line(str(e))}", file=sys.stderr)
+        print(f"error: invalid config override: {one_line(str(e))}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -90,10 +74,9 @@ def main(argv):
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # a write the files module does not wrap (a library's own files)
-        if e.errno not in _DISK_ERRORS:
+        if disk_error_line(e) is None:
             raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {disk_error_line(e)}", file=sys.stderr)
         sys.exit(2)
     except parallel.Preempted as e:
         print(str(e), file=sys.stderr)

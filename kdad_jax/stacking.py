@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from kdad_jax import checkpoint, inference, parallel
+from kdad_jax import checkpoint, parallel
+from kdad_jax.kernels import compilation
 from kdad_jax.data import resident
 
 
@@ -86,7 +87,7 @@ class Models:
     def jit_step(self, step, device_data: bool):
         """``step(state, frozen, stats, data, batch, rng)`` for one model -> the jitted step
         (``device_data``: ``data`` is a ``resident.Resident``, else ``()``). Compiled, on the
-        first call or ``lower``, with the options ``inference.train_compiler_options`` picks for
+        first call or ``lower``, with the options ``compilation.train_compiler_options`` picks for
         the state's parameters."""
         if not self.stacked:
             batch = parallel.batch_sharding(self.mesh)
@@ -130,7 +131,7 @@ class _JitForParams:
 
     def _for(self, state):
         if self._jitted is None:
-            self._jitted = self._make(inference.train_compiler_options(state.params) or None)
+            self._jitted = self._make(compilation.train_compiler_options(state.params) or None)
         return self._jitted
 
     def __call__(self, state, *args):

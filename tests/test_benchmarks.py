@@ -54,3 +54,16 @@ def test_inference_benchmark_puts_onnx_runtime_beside_jax_and_torch():
     assert case["jax_gflop_per_s"] == pytest.approx(case["jax_gflop"] / case["jax_s"])
     assert case["conv_gflop_per_s"] > 0
     assert case["onnxruntime_over_torch"] == pytest.approx(case["onnxruntime_s"] / case["torch_s"])
+
+
+def test_kernels_benchmark_times_each_cpu_form_against_xla():
+    proc = subprocess.run([sys.executable, "benchmarks/kernels.py", "--scale", "0.125", "--repeats", "1"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    names = [case["case"] for case in result["cases"]]
+    assert {"conv_grad_7x7_s2_b8", "depthwise_3x3_grad", "max_pool_forward_b1", "max_pool_grad_b8",
+            "channel_mean_b8", "conv_4x4_compiler_options"} <= set(names)
+    for case in result["cases"]:
+        assert case["ours_ms"] > 0 and case["xla_ms"] > 0, case
+        assert case["ours_over_xla"] == pytest.approx(case["ours_ms"] / case["xla_ms"], rel=0.01, abs=0.002)

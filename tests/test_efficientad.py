@@ -161,7 +161,8 @@ def test_bfloat16_convolutions_keep_float32_parameters_and_close_maps():
     optimizer state it returns stay float32, and the maps of the same weights stay within bf16's
     rounding of the float32 maps (and differ from them: bf16 really ran)."""
     import optax
-    from kdad_jax import inference, parallel, train
+    from kdad_jax import parallel, train
+    from kdad_jax.kernels import compilation
     config = _small_config()
     f32 = get_method(config)
     config.train.compute_dtype = "bfloat16"
@@ -185,7 +186,7 @@ def test_bfloat16_convolutions_keep_float32_parameters_and_close_maps():
     args = (state, frozen, stats, (), batch, jax.random.key(2))
     lowered = step.lower(*args)
     hlo = lowered.as_text()
-    if inference.compiler_options():  # CPU: the step is compiled without YNNPACK fusions too
+    if compilation.compiler_options():  # CPU: the step is compiled without YNNPACK fusions too
         assert '"kind":"__ynn_fusion"' not in lowered.compile().as_text()
     # On CPU strided weight gradients at batch 1 are per-tap products (models/conv.py); the
     # autoencoder's resizes are float32 products at HIGHEST precision.

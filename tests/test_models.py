@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 
 from kdad_jax.models.autoencoder import AutoEncoder, decoder_sizes
-from kdad_jax.models.conv import conv2d
+from kdad_jax.kernels import conv2d
 from kdad_jax.models.pdn import PDN, feature_size
 
 
@@ -133,7 +133,7 @@ def test_batch_norm_written_out_gradient_equals_autodiff_in_float64():
     """The custom VJP of training-mode BatchNorm equals autodiff of the textbook formula (biased
     batch variance over B, H, W) in float64 to rounding, for x, scale and bias: a dropped term
     (through the mean or the variance) would be off by O(1)."""
-    from kdad_jax.models.batch_norm import normalize_with_batch_stats
+    from kdad_jax.kernels import normalize_with_batch_stats
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         x, weights = (jnp.asarray(rng.normal(size=(3, 5, 4, 7)) * 2 + 1) for _ in range(2))
@@ -161,8 +161,8 @@ def test_max_pool_is_torchs_with_ties(sliced_limit, monkeypatch):
     which sends a window's gradient to its first maximum (row-major) when several are equal;
     ties are common after a ReLU (zeros) and planted here (equal positive values). Both forward
     formulations (reduce_window; strided slices, for small inputs on CPU)."""
-    from kdad_jax.models import pooling
-    from kdad_jax.models.pooling import max_pool
+    from kdad_jax.kernels import pooling
+    from kdad_jax.kernels import max_pool
     from tests.conftest import optional_module
     monkeypatch.setattr(pooling, "_SLICED_FORWARD_BYTES", sliced_limit)
     torch = optional_module("torch", "convert")

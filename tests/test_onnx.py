@@ -16,7 +16,7 @@ from kdad_jax import evaluate, train
 from kdad_jax import main as kdad_main
 from kdad_jax.data import dataset
 from kdad_jax.methods import get_method
-from kdad_jax.models import conv, pooling
+from kdad_jax.kernels import conv, pooling
 from tests.conftest import PROJECT, optional_module
 from tests.test_efficientad import efficientad_config
 
@@ -113,14 +113,29 @@ def test_batch_mixing_and_unknown_operations_are_refused(name):
         onnx_export.to_onnx(function, (), (4, 4, 3))
 
 
-def test_cpu_depthwise_shift_path_converts():
-    """On CPU, kdad_jax's own depthwise convolution is shifted multiply-adds (models/conv.py)."""
+def _ops(model):
+    return [node.op_type for node in model.graph.node]
+
+
+def test_kernels_convert_to_onnx_s_standard_ops_not_their_cpu_forms():
+    """kdad_jax's depthwise convolution and max pool (CPU lowering: shifted multiply-adds, maximum
+    of strided slices) become one grouped ``Conv`` and one ``MaxPool`` in ONNX: the translator
+    takes ``platform_dependent``'s default branch, so the standard rules are the ones reached."""
     optional_module("onnx", "onnx")
     from kdad_jax.serve import onnx_export
-    function = lambda k, x: conv.conv2d(x, k, (2, 2), ((1, 1), (1, 1)), groups=4)  # noqa: E731
-    model = onnx_export.to_onnx(function, (DEPTHWISE,), (7, 8, 4))
+    depthwise = lambda k, x: conv.conv2d(x, k, (2, 2), ((1, 1), (1, 1)), groups=4)  # noqa: E731
+    model = onnx_export.to_onnx(depthwise, (DEPTHWISE,), (7, 8, 4))
+    assert _ops(model).count("Conv") == 1 and "Mul" not in _ops(model)
+    assert [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute
+            if a.name == "group"] == [4]
     images = RNG.uniform(size=(2, 7, 8, 4)).astype(np.float32)
-    np.testing.assert_allclose(_run_onnx(model, images), function(DEPTHWISE, images), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run_onnx(model, images), depthwise(DEPTHWISE, images), rtol=1e-5, atol=1e-5)
+
+    pool = lambda x: pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # noqa: E731
+    model = onnx_export.to_onnx(pool, (), (9, 8, 4))
+    assert _ops(model).count("MaxPool") == 1 and "Max" not in _ops(model)
+    images = RNG.normal(size=(3, 9, 8, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run_onnx(model, images), pool(images))
 
 
 ONNX_DEPLOY_SCRIPT = """

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import inference
+from kdad_jax.kernels import compilation
 from kdad_jax.methods.base import Method, host_mean_std, imagenet_normalize
 from kdad_jax.models.autoencoder import AutoEncoder
 from kdad_jax.models.pdn import PDN, feature_shape
@@ -117,7 +117,7 @@ def _prepare_stats(nets, frozen, batches: Iterable[np.ndarray]):
 
     Accumulated in float64 on the host, one batch at a time (no limit on the number of images).
     """
-    features = inference.jit(functools.partial(_teacher_features, nets))
+    features = compilation.jit(functools.partial(_teacher_features, nets))
     mean, std = host_mean_std((features(frozen, images) for images in batches), nets.channels)
     nan = np.float32(np.nan)  # map quantiles are unknown until fit_stats
     return {
@@ -170,7 +170,7 @@ def _raw_maps(nets, params, model_state, frozen, stats, images):
 
 def _fit_stats(nets, params, model_state, frozen, stats, batches: Iterable[np.ndarray]):
     """Quantiles q0.9 and q0.995 of each map type over the validation images (exact, on host)."""
-    raw = inference.jit(functools.partial(_raw_maps, nets))
+    raw = compilation.jit(functools.partial(_raw_maps, nets))
     locals_, globals_ = [], []
     for images in batches:
         local, global_ = raw(params, model_state, frozen, stats, images)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import inference
+from kdad_jax.kernels import compilation
 from kdad_jax.data import device_augment
 from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method, host_mean_std, imagenet_normalize
@@ -116,7 +116,7 @@ def _prepare_stats(nets, frozen, batches):
     stats = {}
     for p in nets.scales:
         key = scale_key(p)
-        dense = inference.jit(functools.partial(nets.dense, p))
+        dense = compilation.jit(functools.partial(nets.dense, p))
         mean, std = host_mean_std((dense(frozen["teachers"][key], b) for b in batches),
                                   nets.nets[p].dim, min_variance=1e-12)
         stats[f"mean_{key}"] = jnp.asarray(mean, jnp.float32)
@@ -175,7 +175,7 @@ def _raw_scores(nets, params, frozen, stats, images) -> Dict[str, tuple]:
 def _fit_stats(nets, params, model_state, frozen, stats, batches):
     """Mean/std of e and v per scale over the validation pixels (float64 on the host)."""
     del model_state
-    raw = inference.jit(functools.partial(_raw_scores, nets))
+    raw = compilation.jit(functools.partial(_raw_scores, nets))
     outputs = [raw(params, frozen, stats, b) for b in batches]
     stats = dict(stats)
     for p in nets.scales:

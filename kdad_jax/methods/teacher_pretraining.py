@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import inference
+from kdad_jax.kernels import compilation
 from kdad_jax.teachers import backbones
 from kdad_jax.errors import UserError
 from kdad_jax.methods.base import Method, host_mean_std, imagenet_normalize
@@ -75,7 +75,7 @@ def make(config) -> Method:
 
     def prepare_stats(frozen, batches: Iterable[np.ndarray]):
         """Per-channel mean/std of the raw targets (float64 on the host), first N images."""
-        compute = inference.jit(targets)
+        compute = compilation.jit(targets)
         mean, std = host_mean_std((compute(frozen, batch) for batch in batches),
                                   config.model.out_channels, min_variance=1e-12)
         return {"target_mean": jnp.asarray(mean, jnp.float32), "target_std": jnp.asarray(std, jnp.float32)}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from kdad_jax.models import eca
 from kdad_jax.models.batch_norm import TorchBatchNorm
 from kdad_jax.models.conv import Conv
-from kdad_jax.models.pooling import max_pool
+from kdad_jax.kernels import max_pool
 
 # name -> (block kind, blocks per stage, bottleneck width multiplier)
 ARCHITECTURES = {

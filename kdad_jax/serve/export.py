@@ -54,8 +54,7 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
                     platforms: Sequence[str] = PLATFORMS, export_format: str = "jax_export") -> str:
     """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``: with
     ``jax.export``, lowered for every platform in ``platforms``, or as ONNX."""
-    host = parallel.to_host((trained.params, trained.model_state, trained.frozen, trained.stats))
-    args = [_plain(a) for a in host]  # the pytree structure deploy gets back from msgpack
+    args = plain_arguments(trained)
     if export_format == "onnx":
         return _export_onnx(folder, method, args, image_size, extra_meta)
     batch = jax_export.symbolic_shape("b")[0]
@@ -78,6 +77,13 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         **(extra_meta or {}),
     }
     return _write(folder, contents, meta)
+
+
+def plain_arguments(trained) -> list:
+    """The anomaly-map function's arguments (params, model_state, frozen, stats) on the host, as
+    nested plain dicts of numpy arrays: the pytree structure deploy gets back from msgpack."""
+    host = parallel.to_host((trained.params, trained.model_state, trained.frozen, trained.stats))
+    return [_plain(a) for a in host]
 
 
 def _write(folder: str, contents: dict, meta: dict) -> str:

@@ -376,6 +376,15 @@ def _inner(eqn):
     return None
 
 
+def _onnx_platform_index(platforms) -> np.ndarray:
+    """``lax.platform_dependent``'s branch for ONNX: the default one (XLA's standard ops, which
+    map onto ONNX's; the CPU forms are XLA CPU workarounds, ``kdad_jax.kernels``)."""
+    if None not in platforms:
+        raise UnsupportedError(f"a platform-dependent operation without a default form "
+                               f"(platforms {platforms})")
+    return np.asarray(list(platforms).index(None), np.int32)
+
+
 def _interpret(graph: _Graph, jaxpr, consts, args) -> list:
     """Values of ``jaxpr``'s outputs: numpy arrays where image-independent, ``Live`` otherwise."""
     env = {}
@@ -390,7 +399,12 @@ def _interpret(graph: _Graph, jaxpr, consts, args) -> list:
     for eqn in jaxpr.eqns:
         inputs = [read(v) for v in eqn.invars]
         inner = _inner(eqn)
-        if inner is not None:
+        if eqn.primitive.name == "platform_index":
+            outputs = [_onnx_platform_index(eqn.params["platforms"])]
+        elif eqn.primitive.name == "cond" and not isinstance(inputs[0], Live):
+            branch = eqn.params["branches"][int(inputs[0])]
+            outputs = _interpret(graph, branch.jaxpr, list(branch.consts), inputs[1:])
+        elif inner is not None:
             outputs = _interpret(graph, inner[0], inner[1], inputs)
         elif not any(isinstance(v, Live) for v in inputs):
             result = eqn.primitive.bind(*inputs, **eqn.params)

@@ -1,14 +1,14 @@
-"""Max pooling whose gradient is fast on CPU and goes where PyTorch's goes.
+"""Max pooling with torch's gradient rule, whose CPU forms are fast.
 
-XLA differentiates ``reduce_window(max)`` with select-and-scatter, which XLA CPU runs 4× slower
-than the rest of a ResNet stem's backward pass ([8, 128, 128, 64], 3×3 stride 2: 132 ms against
-the pooling's 6 ms forward). Here the forward pass stays ``reduce_window``; the backward pass
-sends each window's gradient to the *first* position (row-major within the window) holding the
-window's maximum — torch's ``max_pool2d`` rule — as k·k strided slices and pads, elementwise work
-that XLA runs fast everywhere. The forward pass of a small input (≤ 8 MiB, e.g. a batch-1 ResNet
-stem) is the maximum of the k·k strided slices on CPU: 0.3 ms against ``reduce_window``'s 1.1 ms
-on [1, 128, 128, 64]; larger inputs keep ``reduce_window`` (4.6 ms against 14.7 ms at batch 8,
-where the slices no longer stay in cache). Both give the same values.
+XLA differentiates ``reduce_window(max)`` with select-and-scatter, which XLA CPU runs several
+times slower than the rest of a ResNet stem's backward pass. Here the backward pass sends each
+window's gradient to the *first* position (row-major within the window) holding the window's
+maximum — torch's ``max_pool2d`` rule — as k·k strided slices and pads, elementwise work that
+XLA runs fast everywhere. The forward pass is ``reduce_window`` except in the CPU lowering of a
+small input (≤ 8 MiB, e.g. a batch-1 ResNet stem), where the maximum of the k·k strided slices is
+faster; larger inputs, or a batch size that is symbolic (an export), keep ``reduce_window``. Both
+give the same values. The form is chosen per platform when the function is lowered
+(``lax.platform_dependent``); ``benchmarks/kernels.py`` re-measures it.
 """
 
 import functools
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kdad_jax.models.windows import window_taps
+from kdad_jax.kernels.windows import window_taps
 
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 
@@ -34,13 +34,30 @@ def _output_hw(padded_hw, window, strides):
     return tuple((size - k) // s + 1 for size, k, s in zip(padded_hw, window, strides))
 
 
-def _forward(x, window, strides, padding):
-    if jax.default_backend() == "cpu" and x.size * x.dtype.itemsize <= _SLICED_FORWARD_BYTES:
-        padded = _pad(x, padding)
-        taps = window_taps(padded, window, strides, _output_hw(padded.shape[1:3], window, strides))
-        return functools.reduce(jnp.maximum, (tap for _, tap in taps))
+def _known_bytes(x) -> int:
+    """``x``'s size in bytes, or -1 when a dimension is symbolic (a shape-polymorphic export)."""
+    if not all(isinstance(d, int) for d in x.shape):
+        return -1
+    return x.size * x.dtype.itemsize
+
+
+def _reduce_window(x, window, strides, padding):
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
                              ((0, 0), *padding, (0, 0)))
+
+
+def _sliced(x, window, strides, padding):
+    padded = _pad(x, padding)
+    taps = window_taps(padded, window, strides, _output_hw(padded.shape[1:3], window, strides))
+    return functools.reduce(jnp.maximum, (tap for _, tap in taps))
+
+
+def _forward(x, window, strides, padding):
+    native = functools.partial(_reduce_window, window=window, strides=strides, padding=padding)
+    if not 0 < _known_bytes(x) <= _SLICED_FORWARD_BYTES:
+        return native(x)
+    cpu = functools.partial(_sliced, window=window, strides=strides, padding=padding)
+    return lax.platform_dependent(x, cpu=cpu, default=native)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

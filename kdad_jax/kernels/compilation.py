@@ -1,13 +1,12 @@
-"""Compilation of the inference programs (anomaly maps, teacher statistics, calibration).
+"""Compiler options of the programs this process compiles (inference, calibration, train step).
 
-On CPU, XLA's default YNNPACK fusion runs k×k convolutions several times slower than its Eigen
-kernels (measured: conv 128→256, 4×4 on a 126² map, 0.57 s vs 0.11 s). The option is per
-compilation: inference programs are compiled without YNNPACK fusions, and so is the train step
-(``stacking.Models.jit_step``; its convolutions and their gradients are XLA's own since
-``models/conv.py`` stopped gathering patches) unless its network has depthwise convolutions:
-EfficientNet's 1×1 and depthwise layers train faster with them (STFPM with a Lite0 student,
-``:cpu`` step: 210 ms with, 362 ms without), dense k×k networks slower (PDN, ResNet; Uninformed
-Students' patch networks, ``:cpu`` step: 668 ms without, 2 270 ms with). Other platforms get no extra options.
+These are options of a compilation on the local backend, not of a lowering, so they never travel
+into an export. On CPU, XLA's default YNNPACK fusion runs k×k convolutions several times slower
+than its Eigen kernels: inference programs are compiled without YNNPACK fusions, and so is the
+train step (``stacking.Models.jit_step``) unless its network has depthwise convolutions, whose 1×1
+and depthwise layers (EfficientNet) train faster with them; dense k×k networks (PDN, ResNet,
+Uninformed Students' patch networks) train slower with them. Other platforms get no extra
+options.
 """
 
 import functools
