@@ -61,8 +61,8 @@ def _cases(scale: float):
         strides, padding = (stride, stride), ((pad, pad), (pad, pad))
         out = (hw + 2 * pad - k) // stride + 1
         x, kernel, weights = arrays((batch, hw, hw, cin), (k, k, cin, cout), (batch, out, out, cout))
-        ours = _gradient(lambda x, w: conv._cpu_conv(x, w, strides, padding, (1, 1)))
-        xla = _gradient(lambda x, w: conv._native_conv(x, w, strides, padding))
+        ours = _gradient(lambda x, w, s=strides, p=padding: conv._cpu_conv(x, w, s, p, (1, 1)))
+        xla = _gradient(lambda x, w, s=strides, p=padding: conv._native_conv(x, w, s, p))
         cases.append((name, ours, xla, (x, kernel, weights)))
     # Depthwise 3×3 (EfficientNet-Lite0's second stage), forward and gradient.
     hw, channels = side(64), 96

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Any, Optional, Tuple
 
 import flax.serialization
@@ -115,15 +116,29 @@ def save_state(mngr: ocp.CheckpointManager, state: Any, stats: Any, replace: boo
             mngr.wait_until_finished()
     except Exception as e:  # Orbax wraps OS errors in several types
         if os.environ.get(PROCESS_INDEX_ENV, "0") == "0":  # give the half-written save's space back
-            for partial in glob.glob(os.path.join(glob.escape(str(mngr.directory)),
-                                                  f"{step}.orbax-checkpoint-tmp*")):
-                shutil.rmtree(partial, ignore_errors=True)
+            _remove_partial_save(mngr, step)
         kept = [s for s in mngr.all_steps() if s != step]
         keeps = (f"the last good checkpoint (step {max(kept)}) is kept" if kept
                  else "no earlier checkpoint exists")
         raise UserError(f"{mngr.directory}: could not save the checkpoint of step {step} "
                         f"({_os_reason(e)}); {keeps}; free space or fix the folder's permissions, "
                         f"then rerun to resume") from None
+
+
+def _remove_partial_save(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Remove ``step``'s temporary folder of a failed save. Orbax's writer threads may still be
+    finishing (and recreating files in it) after the error reached us: wait for them, then
+    remove until the folder stays gone (up to 5 s)."""
+    with contextlib.suppress(Exception), _quiet_orbax_threads():
+        mngr.wait_until_finished()
+    pattern = os.path.join(glob.escape(str(mngr.directory)), f"{step}.orbax-checkpoint-tmp*")
+    for _ in range(50):
+        partials = glob.glob(pattern)
+        if not partials:
+            return
+        for partial in partials:
+            shutil.rmtree(partial, ignore_errors=True)
+        time.sleep(0.1)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> Optional[Tuple[Any, dict]]:

@@ -18,7 +18,7 @@ from kdad_jax.methods import get_method
 from kdad_jax.report import html as html_report
 from kdad_jax.report import logs
 from kdad_jax.report import tables as report
-from kdad_jax.serve import export, predict
+from kdad_jax.serve import export, parity, predict
 from kdad_jax.teachers import backbones, pretrain, shipped
 
 
@@ -184,14 +184,28 @@ def _evaluate_and_export(config, workdir, method, data, trained, mode, writer) -
     if data.skipped:
         result["skipped_files"] = data.skipped
     if mode == "export" and writer:
-        folder = export.export_category(
-            os.path.join(workdir, "export", data.name), method, trained, config.image_size,
-            {"category": data.name, "threshold": result["thresholds"]["image_threshold"],
+        folder = os.path.join(workdir, "export", data.name)
+        export_format = config.get("export", {}).get("format", "jax_export")
+        threshold = result["thresholds"]["image_threshold"]
+        export.export_category(
+            folder, method, trained, config.image_size,
+            {"category": data.name, "threshold": threshold,
              "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
                  k: result[k] for k in evaluate.METRIC_KEYS}},
-            export_format=config.get("export", {}).get("format", "jax_export"))
+            export_format=export_format,
+            check=functools.partial(_parity, folder, method, trained, data, threshold, export_format))
         print(f"{data.name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
     return result
+
+
+def _parity(folder, method, trained, data, threshold, export_format, written) -> dict:
+    """The parity report of the artifact ``written`` (printed); ``UserError`` when it does not
+    score what training scored, so it is not exported."""
+    report = parity.check(written, method, trained, data, threshold, export_format)
+    print(parity.describe(data.name, report), flush=True)
+    if not report["ok"]:
+        raise UserError(parity.refusal(folder, report))
+    return report
 
 
 def _results(config, method, dataset_name, root, categories, per_category, start) -> dict:

@@ -5,12 +5,16 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import pytest
+from PIL import Image
 
 from kdad_jax import evaluate, train
 from kdad_jax import main as kdad_main
 from kdad_jax.data import dataset
 from kdad_jax.methods import get_method
+from kdad_jax.serve import deploy
 from tests.conftest import PROJECT
 from tests.test_efficientad import efficientad_config
 
@@ -58,6 +62,53 @@ def test_exported_detector_matches_in_process_maps(tiny_tree, tmp_path):
     # The threshold is one of the test scores (F1-max), so compare with the exported scores.
     assert report["flags"] == (maps.reshape(len(maps), -1).max(1) >= meta["threshold"]).tolist()
     assert sum(report["flags"]) >= 1
+    # The parity report export wrote: the artifact run from the image files, as measured here.
+    parity = meta["parity"]
+    assert parity["ok"] and parity["from_files"] and parity["runtime"] == "jax"
+    assert parity["images"] == len(data.test) and parity["decisions_flipped"] == 0
+    # Measured in this process and in the subprocess above, each within the tolerance.
+    assert 0 < parity["max_abs_map_delta"] <= 1e-5 * parity["map_range"]
+    assert parity["map_range"] == pytest.approx(float(expected.max() - expected.min()), rel=1e-5)
+    assert parity["threshold"] == meta["threshold"]
+    assert all(v > 0 for v in parity["latency_ms_per_image"].values())
+    # deploy reads image files (paths or PIL images) exactly as training read them.
+    detector = deploy.load(str(folder))
+    from_paths = detector.maps(data.test_paths)
+    np.testing.assert_array_equal(from_paths, detector.maps(data.test))
+    np.testing.assert_array_equal(detector.maps([Image.open(p) for p in data.test_paths[:2]]),
+                                  detector.maps(data.test_paths[:2]))  # the same batch size
+    with pytest.raises(ValueError, match="nope.png"):
+        detector.maps([str(tmp_path / "nope.png")])
+
+
+def test_an_artifact_that_does_not_score_what_training_scored_is_not_written(tiny_tree, tmp_path,
+                                                                              monkeypatch, capsys):
+    """The exported weights drift from the trained ones (what a pre/post-processing mismatch
+    does to a user's scores): the parity check refuses the artifact in one line naming the worst
+    image, and the previous export stays as it was."""
+    from kdad_jax.errors import UserError
+    from kdad_jax.serve import export
+    workdir = str(tmp_path / "run")
+    config = efficientad_config.get_config("smoke")
+    config.data.root, config.eval.num_heatmaps = tiny_tree, 0
+    kdad_main.run(config, workdir)
+    kdad_main.run(config, workdir, mode="export")
+    folder = tmp_path / "run" / "export" / "widget"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = export.plain_arguments
+
+    def drifted(trained):
+        params, *rest = real(trained)
+        return [jax.tree_util.tree_map(lambda a: a * 1.01, params), *rest]
+    monkeypatch.setattr(export, "plain_arguments", drifted)
+    with pytest.raises(UserError) as error:
+        kdad_main.run(config, workdir, mode="export")
+    message = str(error.value)
+    assert "\n" not in message and f"{folder}: not written" in message
+    assert "worst: " + tiny_tree in message and "previous export is kept" in message
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["widget"]  # no staging folder left
+    assert "parity of the artifact" in capsys.readouterr().out
 
 
 def test_predict_writes_scores_and_overlays(tiny_tree, tmp_path):

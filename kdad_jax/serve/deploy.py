@@ -6,7 +6,8 @@
     scores = detector.scores(images)    # [B], max over each map
     flags = detector.is_anomalous(images)  # scores ≥ threshold (the one chosen at evaluation)
 
-``images``: uint8 in 0–255 or floats in [0, 1]; one image ``[H, W, 3]`` (RGB), ``[H, W]`` or
+``images``: image files (a path, a PIL image, or a list of them: read as training reads its images,
+EXIF-upright, RGB, bilinear resize), or arrays: uint8 in 0–255 or floats in [0, 1]; one image ``[H, W, 3]`` (RGB), ``[H, W]`` or
 ``[H, W, 1]`` (grayscale), or a batch of them ``[B, H, W, 3]``, ``[B, H, W]``, ``[B, H, W, 1]``;
 any H, W (resized bilinearly to the export's size). Shapes that could be read two ways are
 refused: a last axis of 2 or 4 (gray+alpha, RGBA) and channels first (``[3, H, W]``,
@@ -18,8 +19,9 @@ a Python list of ints), floats outside [0, 1], NaN or Inf (a broken camera frame
 A ``jax_export`` artifact runs with JAX (on whichever of cpu, cuda, tpu it finds); an ONNX one
 (``--config.export.format=onnx``) with ONNX Runtime, on its CUDA provider when that build is
 installed, else on CPU — JAX is then not used at all. This module imports only NumPy,
-Pillow and, for the artifact it loads, JAX with Flax's msgpack reader or ONNX Runtime, so a
-production image runs none of the training code.
+Pillow, for the artifact it loads JAX with Flax's msgpack reader or ONNX Runtime, and for image
+files ``kdad_jax.data.images`` (the reader training uses), so a production image runs none of
+the training code.
 """
 
 import hashlib
@@ -44,13 +46,16 @@ class Detector:
         self.image_size = int(meta["image_size"])
         self.threshold: Optional[float] = meta.get("threshold")
 
-    def _prepare(self, images) -> np.ndarray:
-        """-> [B, S, S, 3] float32 in [0, 1] (see the module docstring for what is accepted)."""
+    def prepare(self, images) -> np.ndarray:
+        """-> [B, S, S, 3] float32 in [0, 1], what the model runs on (see the module docstring for
+        what is accepted); ``maps`` of the result equals ``maps`` of ``images``."""
+        if _is_file_input(images):
+            return _read_files(images, self.image_size)
         return _resize(_as_rgb_batch(_checked(images)), self.image_size)
 
     def maps(self, images) -> np.ndarray:
         """[B, S, S] anomaly maps."""
-        batch = self._prepare(images)
+        batch = self.prepare(images)
         if len(batch) == 0:
             return np.zeros((0, self.image_size, self.image_size), np.float32)
         return np.asarray(self._run(batch))
@@ -116,6 +121,29 @@ def _ambiguity(shape) -> Optional[str]:
         return ("channels first ([3, H, W] or [B, 3, H, W]) is not taken: move the channels last "
                 "(np.moveaxis(images, -3, -1); for three grayscale images pass [3, H, W, 1])")
     return None
+
+
+def _is_file_input(images) -> bool:
+    """A path, a PIL image, or a list/tuple of them (not an array, not a list of numbers)."""
+    one = lambda x: isinstance(x, (str, os.PathLike, Image.Image))  # noqa: E731
+    return one(images) or (isinstance(images, (list, tuple)) and len(images) > 0
+                           and all(one(x) for x in images))
+
+
+def _read_files(images, size: int) -> np.ndarray:
+    """Paths or PIL images -> [B, size, size, 3] float32 in [0, 1], read exactly as training reads
+    its images (``kdad_jax.data.images``: EXIF upright, 16-bit and float scaled, RGB, bilinear
+    resize, then / 255), so an artifact scores a file as training scored it."""
+    from kdad_jax.data import images as image_io  # the one reader training uses too
+    from kdad_jax.errors import UserError
+    batch = []
+    for item in images if isinstance(images, (list, tuple)) else [images]:
+        try:
+            batch.append(image_io.resize_rgb(item, size) if isinstance(item, Image.Image)
+                         else image_io.load_rgb(os.fspath(item), size))
+        except UserError as e:
+            raise ValueError(str(e)) from None
+    return np.stack(batch).astype(np.float32) / 255.0
 
 
 def _resize(batch: np.ndarray, size: int) -> np.ndarray:
@@ -233,7 +261,10 @@ def _jax_runner(folder: str, argument_names) -> Callable:
         arguments = [weights[name] for name in argument_names]
     except Exception as e:  # noqa: BLE001 - the readers raise many types on a file they cannot parse
         raise ArtifactError(f"{path}: cannot load ({type(e).__name__}: {_first_line(e)})") from None
-    return lambda batch: exported.call(*arguments, batch)
+    import jax
+    on_device = jax.device_put(arguments)  # once, not with every batch
+    run = jax.jit(exported.call)  # compiled once per batch size
+    return lambda batch: run(*on_device, batch)
 
 
 def _first_line(error: BaseException) -> str:

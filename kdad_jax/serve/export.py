@@ -8,6 +8,8 @@ Writes ``W/export/<category>/``:
   weights.msgpack    its arguments: trained params, BatchNorm state, frozen teacher and the
                      normalization constants (``stats``: teacher mean/std, map quantiles, ...)
   meta.json          format version, the sha256 of each file above, image size, method, platforms (cpu, cuda and tpu, whatever exported it),
+                     the parity report (``kdad_jax.serve.parity``: the artifact run by deploy
+                     against the in-process maps),
                      the normalization constants' names and shapes, and the image-score
                      threshold when evaluation chose one
 With ``--config.export.format=onnx`` instead:
@@ -20,7 +22,9 @@ With ``--config.export.format=onnx`` instead:
 
 import hashlib
 import json
-from typing import Optional, Sequence
+import os
+import shutil
+from typing import Callable, Optional, Sequence
 
 import flax.serialization
 import jax
@@ -51,12 +55,32 @@ def check_format(export_format: str) -> None:
 
 
 def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None,
-                    platforms: Sequence[str] = PLATFORMS, export_format: str = "jax_export") -> str:
+                    platforms: Sequence[str] = PLATFORMS, export_format: str = "jax_export",
+                    check: Optional[Callable[[str], dict]] = None) -> str:
     """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``: with
-    ``jax.export``, lowered for every platform in ``platforms``, or as ONNX."""
-    args = plain_arguments(trained)
+    ``jax.export``, lowered for every platform in ``platforms``, or as ONNX.
+
+    With ``check`` (e.g. the parity check, ``kdad_jax.serve.parity``) the artifact is written to a
+    hidden folder beside ``folder`` first and ``check(that folder)`` runs it: its report goes into
+    ``meta.json`` under ``parity``; when it raises, nothing in ``folder`` changes."""
+    contents, meta = _artifact(method, plain_arguments(trained), image_size, extra_meta, platforms,
+                               export_format)
+    if check is None:
+        return _write(folder, contents, meta)
+    parent, name = os.path.split(os.path.abspath(folder))
+    staging = os.path.join(parent, f".{name}.checking-{os.getpid()}")
+    try:
+        _write(staging, contents, meta)
+        report = check(staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _write(folder, contents, {**meta, "parity": report})
+
+
+def _artifact(method, args, image_size, extra_meta, platforms, export_format):
+    """({file name: bytes}, meta) of the artifact."""
     if export_format == "onnx":
-        return _export_onnx(folder, method, args, image_size, extra_meta)
+        return _onnx_artifact(method, args, image_size, extra_meta)
     batch = jax_export.symbolic_shape("b")[0]
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
     specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
@@ -76,7 +100,7 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         "normalization_constants": {k: list(np.shape(v)) for k, v in args[3].items()},
         **(extra_meta or {}),
     }
-    return _write(folder, contents, meta)
+    return contents, meta
 
 
 def plain_arguments(trained) -> list:
@@ -94,7 +118,7 @@ def _write(folder: str, contents: dict, meta: dict) -> str:
     return folder
 
 
-def _export_onnx(folder: str, method, args, image_size: int, extra_meta: Optional[dict]) -> str:
+def _onnx_artifact(method, args, image_size: int, extra_meta: Optional[dict]):
     from kdad_jax.serve import onnx_export
     try:
         model = onnx_export.to_onnx(method.anomaly_map, args, (image_size, image_size, 3),
@@ -113,7 +137,7 @@ def _export_onnx(folder: str, method, args, image_size: int, extra_meta: Optiona
         "compute_dtype": "float32",
         **(extra_meta or {}),
     }
-    return _write(folder, {ONNX_FILE: model.SerializeToString()}, meta)
+    return {ONNX_FILE: model.SerializeToString()}, meta
 
 
 def _plain(tree):

@@ -1,0 +1,119 @@
+"""Does the written artifact score what training scored? Checked on every ``--mode=export``.
+
+The artifact is loaded with ``kdad_jax.serve.deploy`` (the runtime a user deploys with: JAX for
+``jax_export``, ONNX Runtime for ONNX) and run on the category's test images read *from their
+files* the way deploy reads them, and on its validation images; the in-process maps are the
+training code's (``evaluate.predict_maps`` on the images the dataset reader decoded). The report
+gives the largest map and image-score differences, how many decisions flip at the threshold (an
+image scoring within the tolerance of the threshold flips by rounding alone and is counted apart) and
+the latency per image at batch 1 and 8 (files in, maps out: decoding and resizing included).
+An artifact whose decisions flip, or whose maps differ by more than its format's tolerance of
+the maps' range, fails the check: the caller does not write it.
+"""
+
+import os
+import statistics
+import time
+from typing import List, Optional
+
+import numpy as np
+
+from kdad_jax import evaluate
+from kdad_jax.serve import deploy
+
+# Largest |exported − in-process| map difference allowed, as a fraction of the in-process maps'
+# range: float32 rounding of another compilation (jax_export) or another runtime (ONNX Runtime).
+TOLERANCE = {"jax_export": 1e-5, "onnx": 1e-4}
+BATCH = 8
+
+
+def _sources(data) -> List:
+    """The test images as their files where every file is there (a folder layout), else arrays."""
+    paths = list(getattr(data, "test_paths", None) or [])
+    if len(paths) == len(data.test) and all(os.path.isfile(p) for p in paths):
+        return paths
+    return list(data.test)
+
+
+def _exported_maps(detector, sources: list) -> np.ndarray:
+    return np.concatenate([detector.maps(sources[i:i + BATCH] if isinstance(sources[0], str)
+                                         else np.stack(sources[i:i + BATCH]))
+                           for i in range(0, len(sources), BATCH)])
+
+
+def _latency_ms(detector, sources: list, batch: int) -> float:
+    """Median milliseconds per image of ``detector.maps`` on ``batch`` inputs (after a warm-up)."""
+    chosen = [sources[i % len(sources)] for i in range(batch)]
+    chosen = chosen if isinstance(chosen[0], str) else np.stack(chosen)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        detector.maps(chosen)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[1:]) / batch
+
+
+def check(folder: str, method, trained, data, threshold: Optional[float],
+          export_format: str) -> dict:
+    """The parity report of the artifact in ``folder`` (see the module docstring); ``ok`` False
+    when it must not be written, ``worst`` naming the image whose map differs most."""
+    detector = deploy.load(folder)
+    sources = _sources(data)
+    args = (method, trained.params, trained.model_state, trained.frozen, trained.stats)
+    expected = evaluate.predict_maps(*args, data.test, BATCH)
+    got = _exported_maps(detector, sources)
+    if data.validation is not None and len(data.validation):
+        expected = np.concatenate([expected, evaluate.predict_maps(*args, data.validation, BATCH)])
+        got = np.concatenate([got, detector.maps(data.validation)])
+    names = [str(s) if isinstance(s, str) else f"test image {i}" for i, s in enumerate(sources)]
+    names += [f"validation image {i}" for i in range(len(expected) - len(names))]
+    map_delta = np.abs(got.astype(np.float64) - expected).reshape(len(got), -1).max(axis=1)
+    spread = float(expected.max() - expected.min()) or 1.0
+    scores_expected = expected.reshape(len(expected), -1).max(axis=1)
+    scores_got = got.reshape(len(got), -1).max(axis=1)
+    tolerance = TOLERANCE[export_format]
+    flipped = on_threshold = 0
+    if threshold is not None:
+        # An image scoring within the tolerance of the threshold (F1-max puts it exactly on a
+        # test score) decides by rounding alone; it is counted apart, not as a flip.
+        flips = (scores_expected >= threshold) != (scores_got >= threshold)
+        near = np.abs(scores_expected - threshold) <= tolerance * spread
+        flipped, on_threshold = int((flips & ~near).sum()), int((flips & near).sum())
+    worst = int(np.argmax(map_delta))
+    return {
+        "runtime": "onnxruntime" if export_format == "onnx" else "jax",
+        "images": len(got),
+        "from_files": isinstance(sources[0], str),
+        "max_abs_map_delta": float(map_delta.max()),
+        "map_range": spread,
+        "tolerance": tolerance,
+        "max_abs_score_delta": float(np.abs(scores_got.astype(np.float64) - scores_expected).max()),
+        "threshold": threshold,
+        "decisions_flipped": flipped,
+        "flipped_on_threshold": on_threshold,
+        "worst": names[worst],
+        "latency_ms_per_image": {"batch_1": round(_latency_ms(detector, sources, 1), 2),
+                                 f"batch_{BATCH}": round(_latency_ms(detector, sources, BATCH), 2)},
+        "ok": bool(flipped == 0 and map_delta.max() <= tolerance * spread),
+    }
+
+
+def describe(name: str, report: dict) -> str:
+    """One line for the log."""
+    latency = report["latency_ms_per_image"]
+    return (f"{name}: parity of the artifact ({report['runtime']}, {report['images']} images"
+            f"{' from their files' if report['from_files'] else ''}): max |Δ map| "
+            f"{report['max_abs_map_delta']:.2g} (maps span {report['map_range']:.3g}, tolerance "
+            f"{report['tolerance']:g} of that), max |Δ score| {report['max_abs_score_delta']:.2g}, "
+            f"{report['decisions_flipped']} decision(s) flipped"
+            f"{' (+%d on the threshold)' % report['flipped_on_threshold'] if report['flipped_on_threshold'] else ''}; "
+            f"{latency['batch_1']:g} ms per image at batch 1, {latency[f'batch_{BATCH}']:g} at "
+            f"batch {BATCH}")
+
+
+def refusal(folder: str, report: dict) -> str:
+    """Why the artifact was not written, naming the worst image."""
+    return (f"{folder}: not written — the artifact does not score what training scored: "
+            f"{report['decisions_flipped']} decision(s) flip at threshold {report['threshold']}, "
+            f"max |Δ map| {report['max_abs_map_delta']:.3g} > {report['tolerance']:g} × "
+            f"{report['map_range']:.3g} (worst: {report['worst']}); the previous export is kept")
