@@ -10,6 +10,7 @@ image requests per client count from that many concurrent clients, and prints on
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import socket
@@ -38,6 +39,7 @@ def _smoke_export(base: str) -> str:
     build_tree(pathlib.Path(base) / "data", n_good=4, n_bad=4)
     config = efficientad.get_config("smoke")
     config.data.root, config.eval.num_heatmaps, config.eval.plots = os.path.join(base, "data"), 0, False
+    kdad_main.run(config, os.path.join(base, "w"))
     kdad_main.run(config, os.path.join(base, "w"), mode="export")
     return os.path.join(base, "w", "export", "widget")
 
@@ -95,7 +97,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per client count")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:
-        export = args.export or _smoke_export(base)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON alone
+            export = args.export or _smoke_export(base)
         name = os.path.basename(os.path.normpath(export))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -213,3 +213,17 @@ def test_the_page_scores_an_upload_in_a_headless_browser(server):
     verdicts = re.findall(r'<span class="verdict (anomalous|good)">(ANOMALOUS|good)</span>', dom)
     assert verdicts in ([("anomalous", "ANOMALOUS")], [("good", "good")]), verdicts
     assert '<option value="widget">widget</option>' in dom
+
+
+def test_the_serve_benchmark_prints_its_figures(exported):
+    optional_module("fastapi", "serve")
+    folder, _ = exported
+    proc = subprocess.run([sys.executable, "benchmarks/serve.py", "--export", str(folder),
+                           "--requests", "8", "--clients", "1,2"], cwd=PROJECT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["model"] == "widget" and [c["clients"] for c in result["cases"]] == [1, 2]
+    for case in result["cases"]:
+        assert case["requests"] == 8 and case["images_per_s"] > 0
+        assert 0 < case["p50_ms"] <= case["p99_ms"]

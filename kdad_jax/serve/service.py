@@ -88,8 +88,23 @@ class Batcher:
         self.executor = concurrent.futures.ThreadPoolExecutor(1)
         self.task = None
 
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._work())
+    async def start(self) -> None:
+        """Compile every padded batch size first (no first-request stalls), then serve."""
+        size = self.detector.image_size
+        loop = asyncio.get_running_loop()
+        for batch in self.sizes:
+            await loop.run_in_executor(self.executor, self.detector.maps,
+                                       np.zeros((batch, size, size, 3), np.float32))
+        self.task = loop.create_task(self._work())
+
+    @property
+    def sizes(self) -> List[int]:
+        """The batch sizes the model runs: powers of two below ``max_batch``, and ``max_batch``."""
+        sizes, batch = [], 1
+        while batch < self.options.max_batch:
+            sizes.append(batch)
+            batch *= 2
+        return sizes + [self.options.max_batch]
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -142,9 +157,9 @@ class Batcher:
                     future.set_result(amap)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        """Maps of ``images``, run padded to a power-of-two batch (a few compiled shapes)."""
+        """Maps of ``images``, run padded to the next of ``sizes`` (a few compiled shapes)."""
         count = len(images)
-        padded = 1 << (count - 1).bit_length()
+        padded = min(size for size in self.sizes if size >= count)
         if padded > count:
             images = np.concatenate([images, np.repeat(images[-1:], padded - count, axis=0)])
         return self.detector.maps(images)[:count]
@@ -186,7 +201,7 @@ def make_app(models: Dict[str, deploy.Detector], options: Options = Options()):
     async def lifespan(_app):
         for name, detector in models.items():
             batchers[name] = Batcher(detector, options)
-            batchers[name].start()
+            await batchers[name].start()
         yield
         for batcher in batchers.values():
             await batcher.stop()
