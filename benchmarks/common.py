@@ -167,9 +167,10 @@ def main(script: str, benchmark: str, unit: str, jax_case, torch_case, onnx_case
                         row["jax_over_torch"] = row["jax_s"] / row["torch_s"]
                 if devices == 1 and onnx_case and module_available("onnx", "onnxruntime"):
                     row.update(run_case_in_child(script, {**case, "side": "onnxruntime"}))
-                    for other in ("jax", "torch"):
-                        if "onnxruntime_s" in row and f"{other}_s" in row:
-                            row[f"onnxruntime_over_{other}"] = row["onnxruntime_s"] / row[f"{other}_s"]
+                    for side in ("onnxruntime", "onnxruntime_float16", "onnxruntime_int8"):
+                        for other in ("jax", "torch"):
+                            if f"{side}_s" in row and f"{other}_s" in row:
+                                row[f"{side}_over_{other}"] = row[f"{side}_s"] / row[f"{other}_s"]
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress
     print(json.dumps({"benchmark": benchmark, "unit": unit,

@@ -104,30 +104,40 @@ print(json.dumps({"seconds": seconds, "rss": common.peak_rss_mb(), "version": on
 
 def onnx_case(size, batch, image_size, repeats):
     """Exported here (JAX), timed in a fresh process with ONNX Runtime alone, so its peak RSS is
-    what a deployment holds."""
+    what a deployment holds; also its float16 and int8 versions (``kdad_jax.serve.precision``;
+    int8 calibrated on the benchmark's random images: speed only, quality comes from a real run's
+    parity report)."""
     import json
     import subprocess
     import tempfile
     import time
 
+    import numpy as np
+
     from kdad_jax import parallel
-    from kdad_jax.serve import onnx_export
+    from kdad_jax.serve import onnx_export, precision
 
     setup, stats = _setup_and_stats(size, batch, image_size)
     arguments = parallel.to_host((setup.params, setup.model_state, setup.frozen, stats))
     start = time.perf_counter()
     model = onnx_export.to_onnx(setup.method.anomaly_map, arguments, (image_size, image_size, 3))
     convert_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.onnx")
-        with open(path, "wb") as f:
-            f.write(model.SerializeToString())
-        proc = subprocess.run([sys.executable, "-c", _ORT_TIMING, HERE, path, str(batch), str(image_size),
-                               str(repeats)], capture_output=True, text=True, check=True)
-    timing = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"onnxruntime_s": timing["seconds"], "onnxruntime_per_image_s": timing["seconds"] / batch,
-            "onnxruntime_convert_s": convert_s, "onnxruntime_peak_rss_mb": timing["rss"],
-            "onnxruntime_version": timing["version"]}
+    calibration = (np.random.default_rng(1).uniform(size=(4, image_size, image_size, 3)) * 255).astype(np.uint8)
+    row = {"onnxruntime_convert_s": convert_s}
+    for kind in precision.PRECISIONS:
+        prefix = "onnxruntime" if kind == "float32" else f"onnxruntime_{kind}"
+        reduced = precision.reduce(model, kind, calibration)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(reduced.SerializeToString())
+            proc = subprocess.run([sys.executable, "-c", _ORT_TIMING, HERE, path, str(batch),
+                                   str(image_size), str(repeats)], capture_output=True, text=True, check=True)
+        timing = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update({f"{prefix}_s": timing["seconds"], f"{prefix}_per_image_s": timing["seconds"] / batch,
+                    f"{prefix}_peak_rss_mb": timing["rss"]})
+        row["onnxruntime_version"] = timing["version"]
+    return row
 
 
 if __name__ == "__main__":

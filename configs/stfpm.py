@@ -106,6 +106,7 @@ def _base():
 
     c.export = ml_collections.ConfigDict()
     c.export.format = "jax_export"  # --mode=export writes: jax_export (StableHLO, any JAX platform) | onnx
+    c.export.precision = "float32"  # ONNX only: float32 | float16 (GPUs) | int8 (CPU lines, calibrated on training images)
     return c
 
 

@@ -103,7 +103,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     failure under ``failed``), then the error is raised."""
     validate.check(config)
     if mode == "export":
-        export.check_format(config.get("export", {}).get("format", "jax_export"))
+        export.check_format(config.get("export", {}).get("format", "jax_export"),
+                            config.get("export", {}).get("precision", "float32"))
     if config.get("task") == "pretrain_teacher" and mode != "train":
         raise UserError("teacher pretraining has only --mode=train")
     with workdir_module.locked(workdir, parallel.is_writer()):
@@ -186,22 +187,24 @@ def _evaluate_and_export(config, workdir, method, data, trained, mode, writer) -
     if mode == "export" and writer:
         folder = os.path.join(workdir, "export", data.name)
         export_format = config.get("export", {}).get("format", "jax_export")
+        precision = config.get("export", {}).get("precision", "float32")
         threshold = result["thresholds"]["image_threshold"]
         export.export_category(
             folder, method, trained, config.image_size,
             {"category": data.name, "threshold": threshold,
              "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
                  k: result[k] for k in evaluate.METRIC_KEYS}},
-            export_format=export_format,
-            check=functools.partial(_parity, folder, method, trained, data, threshold, export_format))
+            export_format=export_format, precision=precision, calibration_images=data.train,
+            check=functools.partial(_parity, folder, method, trained, data, threshold, export_format,
+                                    precision))
         print(f"{data.name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
     return result
 
 
-def _parity(folder, method, trained, data, threshold, export_format, written) -> dict:
+def _parity(folder, method, trained, data, threshold, export_format, precision, written) -> dict:
     """The parity report of the artifact ``written`` (printed); ``UserError`` when it does not
     score what training scored, so it is not exported."""
-    report = parity.check(written, method, trained, data, threshold, export_format)
+    report = parity.check(written, method, trained, data, threshold, export_format, precision)
     print(parity.describe(data.name, report), flush=True)
     if not report["ok"]:
         raise UserError(parity.refusal(folder, report))

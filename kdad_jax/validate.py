@@ -14,6 +14,7 @@ from kdad_jax.config_files import flatten
 from kdad_jax.data.dataset import FORMATS
 from kdad_jax.errors import UserError
 from kdad_jax.serve.export import FORMATS as EXPORT_FORMATS
+from kdad_jax.serve.precision import PRECISIONS as EXPORT_PRECISIONS
 
 
 def _is_int(value) -> bool:
@@ -72,6 +73,7 @@ _RULES = {
     "loss.hard_quantile": _number_in(0, 1),
     "penalty.grayscale_prob": _number_in(0, 1),
     "export.format": _one_of(*EXPORT_FORMATS),
+    "export.precision": _one_of(*EXPORT_PRECISIONS),
     "eval.fpr_limits": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(
         _is_number(x) and 0 < x <= 1 for x in v), "a non-empty list of FPR limits in (0, 1]"),
 }
@@ -109,6 +111,9 @@ def _teacher_problem(flat) -> Optional[str]:
 
 def _export_problem(flat) -> Optional[str]:
     """ONNX exports are float32 (ONNX Runtime's CPU convolutions have no bfloat16)."""
+    if flat.get("export.precision") in ("float16", "int8") and flat.get("export.format") != "onnx":
+        return (f"config.export.precision={flat['export.precision']!r} needs "
+                f"config.export.format='onnx' (jax_export artifacts are float32)")
     if flat.get("export.format") == "onnx" and flat.get("train.compute_dtype") == "bfloat16":
         return ("config.export.format='onnx' with config.train.compute_dtype='bfloat16': ONNX "
                 "exports are float32; export this run with export.format='jax_export'")

@@ -54,6 +54,9 @@ def test_inference_benchmark_puts_onnx_runtime_beside_jax_and_torch():
     assert case["jax_gflop_per_s"] == pytest.approx(case["jax_gflop"] / case["jax_s"])
     assert case["conv_gflop_per_s"] > 0
     assert case["onnxruntime_over_torch"] == pytest.approx(case["onnxruntime_s"] / case["torch_s"])
+    for side in ("onnxruntime_float16", "onnxruntime_int8"):  # the reduced-precision artifacts
+        assert case[f"{side}_s"] > 0 and case[f"{side}_peak_rss_mb"] > 0
+        assert case[f"{side}_over_torch"] == pytest.approx(case[f"{side}_s"] / case["torch_s"])
 
 
 def test_kernels_benchmark_times_each_cpu_form_against_xla():

@@ -108,7 +108,7 @@ def test_an_artifact_that_does_not_score_what_training_scored_is_not_written(tin
     assert "worst: " + tiny_tree in message and "previous export is kept" in message
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in folder.parent.iterdir()) == ["widget"]  # no staging folder left
-    assert "parity of the artifact" in capsys.readouterr().out
+    assert "parity of the float32 artifact" in capsys.readouterr().out
 
 
 def test_predict_writes_scores_and_overlays(tiny_tree, tmp_path):
@@ -152,3 +152,44 @@ def test_predict_writes_scores_and_overlays(tiny_tree, tmp_path):
                               f"--input={tmp_path}/nope", f"--output={out}"], cwd=PROJECT,
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and missing.stderr.strip().endswith("nope: no such file or folder")
+
+
+def test_reduced_precision_onnx_exports_say_what_they_change(tiny_tree, tmp_path):
+    """int8 (static quantization calibrated on training images) and float16 ONNX artifacts are
+    written with a parity report that puts their test metrics beside float32's; deploy runs them."""
+    import onnx
+    from kdad_jax import metrics
+    workdir = str(tmp_path / "run")
+    config = efficientad_config.get_config("smoke")
+    config.data.root, config.eval.num_heatmaps = tiny_tree, 0
+    config.export.format = "onnx"
+    kdad_main.run(config, workdir)
+    folder = tmp_path / "run" / "export" / "widget"
+    data = dataset.read_category("mvtec", tiny_tree, "widget", 64)
+    reference = None
+    for precision in ("float32", "float16", "int8"):
+        config.export.precision = precision
+        kdad_main.run(config, workdir, mode="export")
+        meta = json.load(open(folder / "meta.json"))
+        assert meta["precision"] == meta["parity"]["precision"] == precision
+        model = onnx.load(str(folder / "model.onnx"))
+        ops = {node.op_type for node in model.graph.node}
+        assert ("QuantizeLinear" in ops) == (precision == "int8"), ops
+        halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+        assert bool(halves) == (precision == "float16")
+        maps = deploy.load(str(folder)).maps(data.test)
+        assert maps.dtype == np.float32 and np.isfinite(maps).all()
+        quality = meta["parity"]["test_metrics"]
+        # The artifact's metrics are those of the maps deploy gives (recomputed here).
+        assert quality["artifact"]["image_auroc"] == pytest.approx(
+            metrics.auroc(maps.reshape(len(maps), -1).max(1), data.test_labels), abs=1e-6)
+        if reference is None:
+            reference = maps
+            assert quality["artifact"] == pytest.approx(quality["training"], abs=1e-6)
+        else:
+            assert meta["parity"]["ok"]  # written whatever it changes: the user asked for it
+            assert quality["training"] == pytest.approx(
+                json.load(open(folder / "meta.json"))["parity"]["test_metrics"]["training"])
+            spread = reference.max() - reference.min()
+            delta = np.abs(maps - reference).max() / spread
+            assert (delta < 1e-2) if precision == "float16" else (0 < delta < 1.0), (precision, delta)

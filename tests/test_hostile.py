@@ -175,7 +175,7 @@ BAD_VALUES = [
     ("train.per_device_batch_size", -1), ("train.checkpoint_every", 0), ("train.log_every", 0),
     ("seed", -1), ("data.validation_fraction", float("nan")), ("data.validation_fraction", 1.0),
     ("eval.batch_size", 0), ("eval.threshold_percentile", 150.0), ("model.size", "xl"),
-    ("train.learning_rate", 0.0),
+    ("train.learning_rate", 0.0), ("export.precision", "int4"),
 ]
 
 

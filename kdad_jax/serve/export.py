@@ -44,8 +44,15 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 FORMATS = ("jax_export", "onnx")
 
 
-def check_format(export_format: str) -> None:
-    """Before any work: the chosen format can be written here (``UserError`` naming the fix)."""
+def check_format(export_format: str, precision: str = "float32") -> None:
+    """Before any work: the chosen format and precision can be written here (``UserError``
+    naming the key and the fix)."""
+    from kdad_jax.serve.precision import PRECISIONS
+    if precision not in PRECISIONS:
+        raise UserError(f"config.export.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "float32" and export_format != "onnx":
+        raise UserError(f"config.export.precision={precision!r} needs config.export.format='onnx' "
+                        f"(jax_export artifacts are float32)")
     if export_format == "onnx":
         try:
             import onnx  # noqa: F401
@@ -56,15 +63,18 @@ def check_format(export_format: str) -> None:
 
 def export_category(folder: str, method, trained, image_size: int, extra_meta: Optional[dict] = None,
                     platforms: Sequence[str] = PLATFORMS, export_format: str = "jax_export",
-                    check: Optional[Callable[[str], dict]] = None) -> str:
+                    check: Optional[Callable[[str], dict]] = None, precision: str = "float32",
+                    calibration_images: Optional[np.ndarray] = None) -> str:
     """Serialize ``method.anomaly_map`` with the trained arguments into ``folder``: with
-    ``jax.export``, lowered for every platform in ``platforms``, or as ONNX.
+    ``jax.export``, lowered for every platform in ``platforms``, or as ONNX (at ``precision``,
+    ``kdad_jax.serve.precision``; int8 calibrates on ``calibration_images``, training images
+    [N, S, S, 3] uint8).
 
     With ``check`` (e.g. the parity check, ``kdad_jax.serve.parity``) the artifact is written to a
     hidden folder beside ``folder`` first and ``check(that folder)`` runs it: its report goes into
     ``meta.json`` under ``parity``; when it raises, nothing in ``folder`` changes."""
     contents, meta = _artifact(method, plain_arguments(trained), image_size, extra_meta, platforms,
-                               export_format)
+                               export_format, precision, calibration_images)
     if check is None:
         return _write(folder, contents, meta)
     parent, name = os.path.split(os.path.abspath(folder))
@@ -77,10 +87,11 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
     return _write(folder, contents, {**meta, "parity": report})
 
 
-def _artifact(method, args, image_size, extra_meta, platforms, export_format):
+def _artifact(method, args, image_size, extra_meta, platforms, export_format, precision="float32",
+              calibration_images=None):
     """({file name: bytes}, meta) of the artifact."""
     if export_format == "onnx":
-        return _onnx_artifact(method, args, image_size, extra_meta)
+        return _onnx_artifact(method, args, image_size, extra_meta, precision, calibration_images)
     batch = jax_export.symbolic_shape("b")[0]
     images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
     specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
@@ -118,14 +129,17 @@ def _write(folder: str, contents: dict, meta: dict) -> str:
     return folder
 
 
-def _onnx_artifact(method, args, image_size: int, extra_meta: Optional[dict]):
+def _onnx_artifact(method, args, image_size: int, extra_meta: Optional[dict],
+                   precision: str = "float32", calibration_images=None):
     from kdad_jax.serve import onnx_export
+    from kdad_jax.serve import precision as precision_module
     try:
         model = onnx_export.to_onnx(method.anomaly_map, args, (image_size, image_size, 3),
                                     doc=f"kdad_jax {method.name} anomaly maps")
     except onnx_export.UnsupportedError as e:
         raise UserError(f"config.export.format='onnx': {method.name} cannot be written as ONNX "
                         f"({e}); export it with export.format='jax_export'") from None
+    model = precision_module.reduce(model, precision, calibration_images)
     meta = {
         "format": ONNX_FORMAT,
         "method": method.name,
@@ -135,6 +149,7 @@ def _onnx_artifact(method, args, image_size: int, extra_meta: Optional[dict]):
         "output": "maps: anomaly maps [batch, S, S]; image score = max over the map",
         "onnx_opset": onnx_export.OPSET,
         "compute_dtype": "float32",
+        "precision": precision,
         **(extra_meta or {}),
     }
     return {ONNX_FILE: model.SerializeToString()}, meta

@@ -6,9 +6,12 @@ files* the way deploy reads them, and on its validation images; the in-process m
 training code's (``evaluate.predict_maps`` on the images the dataset reader decoded). The report
 gives the largest map and image-score differences, how many decisions flip at the threshold (an
 image scoring within the tolerance of the threshold flips by rounding alone and is counted apart) and
-the latency per image at batch 1 and 8 (files in, maps out: decoding and resizing included).
-An artifact whose decisions flip, or whose maps differ by more than its format's tolerance of
-the maps' range, fails the check: the caller does not write it.
+the latency per image at batch 1 and 8 (files in, maps out: decoding and resizing included),
+and the test metrics (image AUROC, pixel AUROC, AU-PRO) of the artifact's maps beside the
+training code's. A float32 artifact whose decisions flip, or whose maps differ by more than its
+format's tolerance of the maps' range, fails the check: the caller does not write it. A reduced
+precision (int8, float16) changes the maps by design: its report says by how much, and it is
+written.
 """
 
 import os
@@ -25,6 +28,7 @@ from kdad_jax.serve import deploy
 # range: float32 rounding of another compilation (jax_export) or another runtime (ONNX Runtime).
 TOLERANCE = {"jax_export": 1e-5, "onnx": 1e-4}
 BATCH = 8
+QUALITY_KEYS = ("image_auroc", "pixel_auroc", "au_pro")
 
 
 def _sources(data) -> List:
@@ -53,10 +57,19 @@ def _latency_ms(detector, sources: list, batch: int) -> float:
     return 1e3 * statistics.median(times[1:]) / batch
 
 
+def _quality(maps: np.ndarray, data) -> dict:
+    """Image AUROC, pixel AUROC and AU-PRO of test maps [M, S, S] (None where undefined)."""
+    result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
+                                      data.test_defects)
+    return {key: result.get(key) for key in QUALITY_KEYS}
+
+
 def check(folder: str, method, trained, data, threshold: Optional[float],
-          export_format: str) -> dict:
+          export_format: str, precision: str = "float32") -> dict:
     """The parity report of the artifact in ``folder`` (see the module docstring); ``ok`` False
-    when it must not be written, ``worst`` naming the image whose map differs most."""
+    when it must not be written, ``worst`` naming the image whose map differs most. A reduced
+    ``precision`` (int8, float16) is what the user asked for: its report says what it changes
+    (the test metrics of its maps beside float32's) and never refuses."""
     detector = deploy.load(folder)
     sources = _sources(data)
     args = (method, trained.params, trained.model_state, trained.frozen, trained.stats)
@@ -80,6 +93,7 @@ def check(folder: str, method, trained, data, threshold: Optional[float],
         near = np.abs(scores_expected - threshold) <= tolerance * spread
         flipped, on_threshold = int((flips & ~near).sum()), int((flips & near).sum())
     worst = int(np.argmax(map_delta))
+    tested = len(data.test)
     return {
         "runtime": "onnxruntime" if export_format == "onnx" else "jax",
         "images": len(got),
@@ -94,21 +108,33 @@ def check(folder: str, method, trained, data, threshold: Optional[float],
         "worst": names[worst],
         "latency_ms_per_image": {"batch_1": round(_latency_ms(detector, sources, 1), 2),
                                  f"batch_{BATCH}": round(_latency_ms(detector, sources, BATCH), 2)},
-        "ok": bool(flipped == 0 and map_delta.max() <= tolerance * spread),
+        "precision": precision,
+        "test_metrics": {"training": _quality(expected[:tested], data),
+                         "artifact": _quality(got[:tested], data)},
+        "ok": bool(precision != "float32" or (flipped == 0 and map_delta.max() <= tolerance * spread)),
     }
 
 
 def describe(name: str, report: dict) -> str:
     """One line for the log."""
     latency = report["latency_ms_per_image"]
-    return (f"{name}: parity of the artifact ({report['runtime']}, {report['images']} images"
+    quality = ""
+    if report["precision"] != "float32":
+        pairs = [f"{k} {_fmt(report['test_metrics']['artifact'][k])} (float32 "
+                 f"{_fmt(report['test_metrics']['training'][k])})" for k in QUALITY_KEYS]
+        quality = f"; {report['precision']} test metrics: {', '.join(pairs)}"
+    return (f"{name}: parity of the {report['precision']} artifact ({report['runtime']}, {report['images']} images"
             f"{' from their files' if report['from_files'] else ''}): max |Δ map| "
             f"{report['max_abs_map_delta']:.2g} (maps span {report['map_range']:.3g}, tolerance "
             f"{report['tolerance']:g} of that), max |Δ score| {report['max_abs_score_delta']:.2g}, "
             f"{report['decisions_flipped']} decision(s) flipped"
             f"{' (+%d on the threshold)' % report['flipped_on_threshold'] if report['flipped_on_threshold'] else ''}; "
             f"{latency['batch_1']:g} ms per image at batch 1, {latency[f'batch_{BATCH}']:g} at "
-            f"batch {BATCH}")
+            f"batch {BATCH}{quality}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def refusal(folder: str, report: dict) -> str:
