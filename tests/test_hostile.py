@@ -608,15 +608,13 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-@pytest.mark.parametrize("together", [2, 3])
-def test_parallel_categories_larger_than_the_category_count_trains_as_alone(
-        trained, tmp_path, together):
-    """One category with K = 2 or 3: the group of one (the last group of 3 categories at K = 2)
+def test_parallel_categories_larger_than_the_category_count_trains_as_alone(trained, tmp_path):
+    """One category with K = 2: the group of one (as the last group of 3 categories at K = 2)
     trains as a stack of one, the same steps and results as the run with K = 1 (it raised 'vmap
     got inconsistent sizes': its device images were not stacked)."""
     root, reference, config = trained
     alone = json.loads((reference / "results.json").read_text())["per_category"]["widget"]
-    results = kdad_main.run(smoke_config(root, parallel_categories=together), str(tmp_path / "w"))
+    results = kdad_main.run(smoke_config(root, parallel_categories=2), str(tmp_path / "w"))
     got = results["per_category"]["widget"]
     assert got["train_steps"] == STEPS
     for key in ("image_auroc", "pixel_auroc", "au_pro"):

@@ -165,20 +165,12 @@ def test_bad_uploads_get_a_4xx_in_one_line_and_the_others_are_served(server, exp
     assert got == 200 and len(body) == 1  # still serving
 
 
-def test_an_upload_over_the_size_limit_is_413(exported):
+def test_over_the_size_limit_is_413_and_a_full_queue_is_503_with_retry_after(exported):
     folder, paths = exported
-    small = Server([folder], "--max-upload-mb", "0.001")
+    tight = Server([folder], "--max-upload-mb", "0.05", "--queue-size", "2")
     try:
-        status, body, _ = small.post("/predict/widget", [("big.png", b"\x89PNG" + b"\0" * 4096)])
-        assert status == 413 and "big.png: 0.0 MB, over the limit of 0.001 MB" in body["error"]
-    finally:
-        small.stop()
-
-
-def test_a_full_queue_is_503_with_retry_after(exported):
-    folder, paths = exported
-    tight = Server([folder], "--queue-size", "2")
-    try:
+        status, body, _ = tight.post("/predict/widget", [("big.png", b"\x89PNG" + b"\0" * 60_000)])
+        assert status == 413 and "big.png: 0.1 MB, over the limit of 0.05 MB" in body["error"]
         image = open(paths[0], "rb").read()
         status, body, headers = tight.post("/predict/widget", [(f"{i}.png", image) for i in range(3)])
         assert status == 503 and headers.get("retry-after") == "1" and "busy" in body["error"]
