@@ -22,6 +22,11 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402
 
 
+def _significant(ms: float) -> float:
+    """Four significant digits: sub-millisecond cases at small --scale keep their ratio."""
+    return float(f"{ms:.4g}")
+
+
 def _timed(fn, args, repeats, options=None):
     import jax
     compiled = jax.jit(fn, compiler_options=options or None).lower(*args).compile()
@@ -112,7 +117,7 @@ def main(argv=None) -> None:
     for name, ours, xla, arrays in _cases(args.scale):
         ours_ms = _timed(ours, arrays, args.repeats, options)
         xla_ms = _timed(xla, arrays, args.repeats, options)
-        rows.append({"case": name, "ours_ms": round(ours_ms, 3), "xla_ms": round(xla_ms, 3),
+        rows.append({"case": name, "ours_ms": _significant(ours_ms), "xla_ms": _significant(xla_ms),
                      "ours_over_xla": round(ours_ms / xla_ms, 3)})
     # Compiler options: PDN's 4×4 128→256 convolution with and without YNNPACK fusions.
     hw = max(8, int(126 * args.scale))
@@ -122,8 +127,8 @@ def main(argv=None) -> None:
     plain = lambda x, k: conv._native_conv(x, k, (1, 1), ((0, 0), (0, 0)))  # noqa: E731
     without = _timed(plain, (x, kernel), args.repeats, options)
     default = _timed(plain, (x, kernel), args.repeats)
-    rows.append({"case": "conv_4x4_compiler_options", "ours_ms": round(without, 3),
-                 "xla_ms": round(default, 3), "ours_over_xla": round(without / default, 3),
+    rows.append({"case": "conv_4x4_compiler_options", "ours_ms": _significant(without),
+                 "xla_ms": _significant(default), "ours_over_xla": round(without / default, 3),
                  "ours_options": options})
     print(json.dumps({"backend": jax.default_backend(), "jax": jax.__version__,
                       "scale": args.scale, "repeats": args.repeats, "cases": rows}, indent=1))

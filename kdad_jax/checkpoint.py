@@ -78,6 +78,24 @@ def _quiet_orbax_threads():
         absl_logger.removeFilter(drop)
 
 
+class _DropOrbaxOrphanedWrites(logging.Filter):
+    """When one of Orbax's parallel writes fails (a full disk), ``asyncio.gather`` raises the
+    first error and the sibling writes' errors are never retrieved: asyncio logs each, with its
+    traceback, whenever the garbage collector reaches the task (during or after the save). The
+    save's own one-line error already says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not ("Task exception was never retrieved" in message and "orbax" in message)
+
+
+def _quiet_orphaned_orbax_writes() -> None:
+    """Installs ``_DropOrbaxOrphanedWrites`` on asyncio's logger, once."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrbaxOrphanedWrites) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropOrbaxOrphanedWrites())
+
+
 def _quiet_closed_event_loop_callbacks() -> None:
     """After a failed Orbax read or write, TensorStore's threads call back into an asyncio loop
     Orbax has already closed, and each callback prints a 'RuntimeError: Event loop is closed'
@@ -108,6 +126,7 @@ def save_state(mngr: ocp.CheckpointManager, state: Any, stats: Any, replace: boo
     stats = {k: np.asarray(v) for k, v in stats.items()} or {_NO_STATS: np.zeros((), np.int32)}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), stats=ocp.args.StandardSave(stats))
     _quiet_closed_event_loop_callbacks()
+    _quiet_orphaned_orbax_writes()
     try:
         if replace and step in mngr.all_steps():
             mngr.delete(step)

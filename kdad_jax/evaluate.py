@@ -132,6 +132,25 @@ def compute_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     return result
 
 
+def border_maxima(maps, labels, band_fraction: float = 1 / 16) -> Optional[dict]:
+    """Where the good test images' maps [M, S, S] peak: the fraction whose maximum lies in the
+    border band (the outer ``band_fraction`` of the side, at least one pixel, on every edge),
+    beside the fraction of the map's pixels the band covers (what a peak placed at random would
+    give). A detector whose good images peak at the frame sets its image scores there, not on the
+    object (zero padding meeting a plain background). None without good test images."""
+    maps, good = np.asarray(maps), np.asarray(labels) == 0
+    if not good.any():
+        return None
+    size_y, size_x = maps.shape[1:]
+    band_y, band_x = max(1, round(size_y * band_fraction)), max(1, round(size_x * band_fraction))
+    peaks = maps[good].reshape(int(good.sum()), -1).argmax(axis=1)
+    rows, cols = np.unravel_index(peaks, (size_y, size_x))
+    in_band = ((rows < band_y) | (rows >= size_y - band_y) | (cols < band_x) | (cols >= size_x - band_x))
+    band_area = 1 - (1 - 2 * band_y / size_y) * (1 - 2 * band_x / size_x)
+    return {"fraction_in_border": float(in_band.mean()), "border_band_px": [band_y, band_x],
+            "band_share_of_pixels": float(band_area), "good_images": int(good.sum())}
+
+
 def f1_thresholds(maps, labels, masks, has_mask=None, defects=None) -> Dict[str, Optional[float]]:
     """The image and pixel F1-max thresholds of ``maps`` alone, exactly as ``compute_metrics``
     gives them (None where it leaves them undefined): what evaluation at the original size keeps

@@ -45,9 +45,10 @@ def _teacher_digests(teachers):
     return digests[0] if len(digests) == 1 else digests
 
 
-def evaluate_category(config, workdir: str, method, data, trained, writer: bool) -> dict:
+def evaluate_category(config, workdir: str, method, data, trained, writer: bool):
     """Test maps -> metrics (undefined ones null with the reason), decision thresholds; process 0
-    also writes heat maps, curve plots, ``thresholds.json`` and TensorBoard scalars."""
+    also writes heat maps, curve plots, ``thresholds.json`` and TensorBoard scalars.
+    (result, the test maps [M, S, S] at ``config.image_size``)."""
     maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                  trained.stats, data.test, config.eval.batch_size)
     original_size = config.eval.get("original_size", False)
@@ -62,6 +63,7 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
         result.update(evaluate.f1_thresholds(maps, data.test_labels, data.test_masks, data.test_has_mask,
                                              data.test_defects))
     result["evaluated_at"] = "original size" if original_size else f"{config.image_size}x{config.image_size}"
+    result["good_maxima"] = evaluate.border_maxima(maps, data.test_labels)
 
     @functools.lru_cache(maxsize=None)
     def validation_maps():
@@ -78,7 +80,7 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
     result["thresholds"] = evaluate.decision_thresholds(result, validation_scores,
                                                         config.eval.threshold_percentile)
     if not writer:
-        return result
+        return result, maps
     for line in report.unavailable_lines(data.name, result):
         print(f"note: {line}", flush=True)
     evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
@@ -92,7 +94,7 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
     eval_logs.evaluation(data.name, trained.steps,
                          {k: result[k] for k in evaluate.METRIC_KEYS if result[k] is not None})
     eval_logs.close()
-    return result
+    return result, maps
 
 
 def run(config, workdir: str, mode: str = "train") -> dict:
@@ -180,7 +182,7 @@ def _run_group(config, workdir, method, root, names, mode, writer) -> dict:
 
 def _evaluate_and_export(config, workdir, method, data, trained, mode, writer) -> dict:
     """Evaluate one trained category and (``mode='export'``) export it; its result dict."""
-    result = evaluate_category(config, workdir, method, data, trained, writer)
+    result, maps = evaluate_category(config, workdir, method, data, trained, writer)
     result.update(teacher=trained.teacher, train_steps=trained.steps)
     if data.skipped:
         result["skipped_files"] = data.skipped
@@ -195,16 +197,19 @@ def _evaluate_and_export(config, workdir, method, data, trained, mode, writer) -
              "threshold_rule": result["thresholds"]["image_rule"], "test_metrics": {
                  k: result[k] for k in evaluate.METRIC_KEYS}},
             export_format=export_format, precision=precision, calibration_images=data.train,
-            check=functools.partial(_parity, folder, method, trained, data, threshold, export_format,
-                                    precision))
+            check=functools.partial(_parity, folder, method, trained, data, maps, threshold, export_format,
+                                    precision, config.eval.threshold_percentile))
         print(f"{data.name}: exported to {folder} (load with kdad_jax.serve.deploy.load)", flush=True)
     return result
 
 
-def _parity(folder, method, trained, data, threshold, export_format, precision, written) -> dict:
-    """The parity report of the artifact ``written`` (printed); ``UserError`` when it does not
-    score what training scored, so it is not exported."""
-    report = parity.check(written, method, trained, data, threshold, export_format, precision)
+def _parity(folder, method, trained, data, maps, threshold, export_format, precision, percentile,
+            written) -> dict:
+    """The parity report of the artifact ``written`` against the test ``maps`` evaluation
+    computed (printed); ``UserError`` when it does not score what training scored, so it is not
+    exported."""
+    report = parity.check(written, method, trained, data, maps, threshold, export_format, precision,
+                          percentile)
     print(parity.describe(data.name, report), flush=True)
     if not report["ok"]:
         raise UserError(parity.refusal(folder, report))

@@ -190,6 +190,19 @@ def test_reduced_precision_onnx_exports_say_what_they_change(tiny_tree, tmp_path
         assert meta["parity"]["ok"]  # written whatever it changes: the user asked for it
         assert quality["training"]["image_auroc"] == pytest.approx(
             metrics.auroc(reference.reshape(len(reference), -1).max(1), data.test_labels), abs=1e-6)
+        # Its threshold is chosen on its own scores by the evaluation's rule (image F1-max on the
+        # test set, recomputed here by brute force), the float32 one kept beside it.
+        scores = maps.reshape(len(maps), -1).max(1)
+        f1 = [2 * np.sum((scores >= t) & (data.test_labels == 1))
+              / (np.sum(scores >= t) + np.sum(data.test_labels == 1)) for t in scores]
+        best = max(t for t, f in zip(scores, f1) if f >= max(f1) - 1e-12)  # ties: the highest
+        assert meta["threshold"] == pytest.approx(best, rel=1e-6)
+        assert meta["float32_threshold"] == meta["parity"]["threshold"]
+        assert meta["threshold"] == meta["parity"]["artifact_threshold"]
+        assert deploy.load(str(folder)).threshold == meta["threshold"]
+        expected_flags = reference.reshape(len(reference), -1).max(1) >= meta["float32_threshold"]
+        assert meta["parity"]["decisions_changed_at_artifact_threshold"] == np.sum(
+            expected_flags != (scores >= meta["threshold"]))
         spread = reference.max() - reference.min()
         delta = np.abs(maps - reference).max() / spread
         assert (delta < 1e-2) if precision == "float16" else (0 < delta < 1.0), (precision, delta)

@@ -146,3 +146,18 @@ def test_au_pro_regions_are_eight_connected():
     maps[0, 1, 1] = 1.0
     fpr, pro = metrics.pro_curve(maps, masks)
     assert pro[1] == pytest.approx(1 / 3)
+
+
+def test_border_maxima_counts_good_images_peaking_in_the_frame_band():
+    """32² maps, band 2 px: good images peaking at a corner, on an edge's inner band row, just
+    inside the band and at the centre; an anomalous image peaking at a corner is not counted."""
+    from kdad_jax import evaluate
+    maps = np.zeros((5, 32, 32))
+    for n, (y, x) in enumerate([(0, 0), (16, 30), (2, 2), (16, 16), (31, 31)]):
+        maps[n, y, x] = 1.0
+    labels = np.array([0, 0, 0, 0, 1])
+    found = evaluate.border_maxima(maps, labels)
+    assert found["border_band_px"] == [2, 2] and found["good_images"] == 4
+    assert found["fraction_in_border"] == 0.5  # (0, 0) and (16, 30); (2, 2) is inside
+    assert found["band_share_of_pixels"] == pytest.approx(1 - (28 / 32) ** 2)
+    assert evaluate.border_maxima(maps[4:], labels[4:]) is None

@@ -84,7 +84,17 @@ def export_category(folder: str, method, trained, image_size: int, extra_meta: O
         report = check(staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _write(folder, contents, {**meta, "parity": report})
+    return _write(folder, contents, _with_report(meta, report))
+
+
+def _with_report(meta: dict, report: dict) -> dict:
+    """``meta`` with the check's report under ``parity``; a reduced-precision artifact's threshold
+    becomes the one the report chose on its own scores (the float32 one is kept beside it)."""
+    meta = {**meta, "parity": report}
+    if report.get("artifact_threshold") is not None:
+        meta.update(float32_threshold=meta.get("threshold"), threshold=report["artifact_threshold"],
+                    threshold_rule=report["artifact_threshold_rule"])
+    return meta
 
 
 def _artifact(method, args, image_size, extra_meta, platforms, export_format, precision="float32",

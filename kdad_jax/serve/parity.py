@@ -8,7 +8,8 @@ gives the largest map and image-score differences, how many decisions flip at th
 image scoring within the tolerance of the threshold flips by rounding alone and is counted apart) and
 the latency per image at batch 1 and 8 (files in, maps out: decoding and resizing included),
 and the test metrics (image AUROC, pixel AUROC, AU-PRO) of the artifact's maps beside the
-training code's. A float32 artifact whose decisions flip, or whose maps differ by more than its
+training code's. A reduced precision's artifact also gets its own threshold, chosen by the
+evaluation's rule on its own scores. A float32 artifact whose decisions flip, or whose maps differ by more than its
 format's tolerance of the maps' range, fails the check: the caller does not write it. A reduced
 precision (int8, float16) changes the maps by design: its report says by how much, and it is
 written.
@@ -39,16 +40,19 @@ def _sources(data) -> List:
     return list(data.test)
 
 
+def _as_input(chosen: list):
+    """A batch for ``detector.maps``: the file paths as they are, arrays stacked [B, H, W, C]."""
+    return chosen if isinstance(chosen[0], str) else np.stack(chosen)
+
+
 def _exported_maps(detector, sources: list) -> np.ndarray:
-    return np.concatenate([detector.maps(sources[i:i + BATCH] if isinstance(sources[0], str)
-                                         else np.stack(sources[i:i + BATCH]))
+    return np.concatenate([detector.maps(_as_input(sources[i:i + BATCH]))
                            for i in range(0, len(sources), BATCH)])
 
 
 def _latency_ms(detector, sources: list, batch: int) -> float:
     """Median milliseconds per image of ``detector.maps`` on ``batch`` inputs (after a warm-up)."""
-    chosen = [sources[i % len(sources)] for i in range(batch)]
-    chosen = chosen if isinstance(chosen[0], str) else np.stack(chosen)
+    chosen = _as_input([sources[i % len(sources)] for i in range(batch)])
     times = []
     for _ in range(4):
         start = time.perf_counter()
@@ -64,18 +68,21 @@ def _quality(maps: np.ndarray, data) -> dict:
     return {key: result.get(key) for key in QUALITY_KEYS}
 
 
-def check(folder: str, method, trained, data, threshold: Optional[float],
-          export_format: str, precision: str = "float32") -> dict:
-    """The parity report of the artifact in ``folder`` (see the module docstring); ``ok`` False
-    when it must not be written, ``worst`` naming the image whose map differs most. A reduced
-    ``precision`` (int8, float16) is what the user asked for: its report says what it changes
-    (the test metrics of its maps beside float32's) and never refuses."""
+def check(folder: str, method, trained, data, test_maps: np.ndarray, threshold: Optional[float],
+          export_format: str, precision: str = "float32", percentile: float = 99.0) -> dict:
+    """The parity report of the artifact in ``folder`` (see the module docstring) against the
+    training code's ``test_maps`` [M, S, S] of ``data.test``; ``ok`` False when it must not be
+    written, ``worst`` naming the image whose map differs most. A reduced ``precision`` (int8,
+    float16) is what the user asked for: its report says what it changes (the test metrics of its
+    maps beside float32's) and never refuses; its maps' scale differs from float32's, so the
+    report also gives ``artifact_threshold``: the image threshold chosen by the same rule on the
+    artifact's own scores (image F1-max on the test set, else the ``percentile`` of its scores
+    on the held-out normal training images), which export writes as the artifact's threshold."""
     detector = deploy.load(folder)
     sources = _sources(data)
-    args = (method, trained.params, trained.model_state, trained.frozen, trained.stats)
-    expected = evaluate.predict_maps(*args, data.test, BATCH)
-    got = _exported_maps(detector, sources)
+    expected, got = np.asarray(test_maps), _exported_maps(detector, sources)
     if data.validation is not None and len(data.validation):
+        args = (method, trained.params, trained.model_state, trained.frozen, trained.stats)
         expected = np.concatenate([expected, evaluate.predict_maps(*args, data.validation, BATCH)])
         got = np.concatenate([got, detector.maps(data.validation)])
     names = [str(s) if isinstance(s, str) else f"test image {i}" for i, s in enumerate(sources)]
@@ -85,16 +92,10 @@ def check(folder: str, method, trained, data, threshold: Optional[float],
     scores_expected = expected.reshape(len(expected), -1).max(axis=1)
     scores_got = got.reshape(len(got), -1).max(axis=1)
     tolerance = TOLERANCE[export_format]
-    flipped = on_threshold = 0
-    if threshold is not None:
-        # An image scoring within the tolerance of the threshold (F1-max puts it exactly on a
-        # test score) decides by rounding alone; it is counted apart, not as a flip.
-        flips = (scores_expected >= threshold) != (scores_got >= threshold)
-        near = np.abs(scores_expected - threshold) <= tolerance * spread
-        flipped, on_threshold = int((flips & ~near).sum()), int((flips & near).sum())
+    flipped, on_threshold = _flips(scores_expected, scores_got, threshold, tolerance * spread)
     worst = int(np.argmax(map_delta))
     tested = len(data.test)
-    return {
+    report = {
         "runtime": "onnxruntime" if export_format == "onnx" else "jax",
         "images": len(got),
         "from_files": isinstance(sources[0], str),
@@ -113,6 +114,30 @@ def check(folder: str, method, trained, data, threshold: Optional[float],
                          "artifact": _quality(got[:tested], data)},
         "ok": bool(precision != "float32" or (flipped == 0 and map_delta.max() <= tolerance * spread)),
     }
+    if precision != "float32" and threshold is not None:
+        own = evaluate.decision_thresholds(
+            evaluate.f1_thresholds(got[:tested], data.test_labels, data.test_masks, data.test_has_mask,
+                                   data.test_defects),
+            lambda: _exported_maps(detector, list(trained.validation)).reshape(
+                len(trained.validation), -1).max(axis=1), percentile)
+        changed, _ = _flips(scores_expected, scores_got, threshold, 0.0, own["image_threshold"])
+        report.update(artifact_threshold=own["image_threshold"],
+                      artifact_threshold_rule=f"{own['image_rule']}, on the {precision} artifact's scores",
+                      decisions_changed_at_artifact_threshold=changed)
+    return report
+
+
+def _flips(scores_expected, scores_got, threshold, near_by, threshold_got=None):
+    """(decisions that differ, of those how many are within ``near_by`` of the threshold):
+    training's scores at ``threshold`` against the artifact's at ``threshold_got`` (the same by
+    default). An image scoring within the tolerance of the threshold (F1-max puts it exactly on a
+    test score) decides by rounding alone; it is counted apart, not as a flip."""
+    if threshold is None:
+        return 0, 0
+    threshold_got = threshold if threshold_got is None else threshold_got
+    flips = (scores_expected >= threshold) != (scores_got >= threshold_got)
+    near = np.abs(scores_expected - threshold) <= near_by
+    return int((flips & ~near).sum()), int((flips & near).sum())
 
 
 def describe(name: str, report: dict) -> str:
@@ -123,6 +148,10 @@ def describe(name: str, report: dict) -> str:
         pairs = [f"{k} {_fmt(report['test_metrics']['artifact'][k])} (float32 "
                  f"{_fmt(report['test_metrics']['training'][k])})" for k in QUALITY_KEYS]
         quality = f"; {report['precision']} test metrics: {', '.join(pairs)}"
+        if report.get("artifact_threshold") is not None:
+            quality += (f"; its own threshold {report['artifact_threshold']:.4g} (float32's "
+                        f"{report['threshold']:.4g}) changes {report['decisions_changed_at_artifact_threshold']} "
+                        f"decision(s)")
     return (f"{name}: parity of the {report['precision']} artifact ({report['runtime']}, {report['images']} images"
             f"{' from their files' if report['from_files'] else ''}): max |Δ map| "
             f"{report['max_abs_map_delta']:.2g} (maps span {report['map_range']:.3g}, tolerance "
