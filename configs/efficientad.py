@@ -43,6 +43,7 @@ def _base():
     c.model.size = "s"            # s | m
     c.model.out_channels = 384    # teacher feature channels (the student has twice as many)
     c.model.padded = False        # reference implementations train and infer without padding
+    c.model.map_border = "zeros"  # the map's frame before up-sampling: zeros (reference) | edge (ours)
 
     c.teacher = ml_collections.ConfigDict()
     # msgpack file or Orbax dir of PDN teacher params, 'builtin:pdn_s_efficientnet_lite0' (shipped,

@@ -69,6 +69,7 @@ _RULES = {
     "eval.num_heatmaps": _int_at_least(0),
     "eval.threshold_percentile": _number_in(0, 100),
     "model.size": _one_of("s", "m"),
+    "model.map_border": _one_of("zeros", "edge"),
     "model.out_channels": _int_at_least(1),
     "loss.hard_quantile": _number_in(0, 1),
     "penalty.grayscale_prob": _number_in(0, 1),

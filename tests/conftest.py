@@ -134,3 +134,16 @@ def assert_metrics_from_checkpoint(config, workdir, category, result):
         with_mask = data.test_has_mask
         pixel = roc_auc_score(data.test_masks[with_mask].ravel(), maps[with_mask].ravel())
         assert result["pixel_auroc"] == pytest.approx(pixel, abs=1e-4)
+
+
+def np_bilinear_upsample(maps, size):
+    """Bilinear, half-pixel centres, edges clamped: [B, h, w] -> [B, size, size], float64
+    (torch's ``interpolate(mode='bilinear', align_corners=False)``, written out)."""
+    def weights(n_in):
+        source = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        low = np.floor(source).astype(int)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, source - low
+    (rows_lo, rows_hi, fy), (cols_lo, cols_hi, fx) = weights(maps.shape[1]), weights(maps.shape[2])
+    rows = maps[:, rows_lo] * (1 - fy)[None, :, None] + maps[:, rows_hi] * fy[None, :, None]
+    return rows[:, :, cols_lo] * (1 - fx) + rows[:, :, cols_hi] * fx

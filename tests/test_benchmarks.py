@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import PROJECT, optional_module
@@ -70,3 +71,21 @@ def test_kernels_benchmark_times_each_cpu_form_against_xla():
     for case in result["cases"]:
         assert case["ours_ms"] > 0 and case["xla_ms"] > 0, case
         assert case["ours_over_xla"] == pytest.approx(case["ours_ms"] / case["xla_ms"], rel=0.01, abs=0.002)
+
+
+def test_score_rules_rank_an_isolated_frame_pixel_below_a_defect_region():
+    """benchmarks/score_rules.py's rules on two 64² maps: a lone hot pixel in the corner (1.0)
+    and a 9×9 region in the middle (0.8). The plain maximum ranks the corner first; the smoothed
+    maximum, the interior maximum and the top-1 % mean rank the region first; the top mean
+    equals numpy's mean of the 41 largest pixels."""
+    sys.path.insert(0, str(PROJECT / "benchmarks"))
+    import score_rules
+    maps = np.zeros((2, 64, 64))
+    maps[0, 0, 0] = 1.0
+    maps[1, 28:37, 28:37] = 0.8
+    scores = score_rules.rule_scores(maps)
+    assert scores["max"][0] > scores["max"][1]
+    for rule in ("smoothed_max_2", "smoothed_max_4", "smoothed_max_8", "interior_max", "top_mean_1"):
+        assert scores[rule][1] > scores[rule][0], rule
+    assert scores["top_mean_1"][1] == pytest.approx(np.sort(maps[1].ravel())[-41:].mean())
+    assert scores["interior_max"][0] == 0.0

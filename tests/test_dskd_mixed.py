@@ -13,7 +13,7 @@ from kdad_jax import main as kdad_main
 from kdad_jax.errors import UserError
 from kdad_jax.methods import dskd, get_method, mixed, stfpm
 from kdad_jax.models.dual_student import resize_to
-from tests.conftest import PROJECT, assert_metrics_from_checkpoint
+from tests.conftest import PROJECT, assert_metrics_from_checkpoint, np_bilinear_upsample
 
 sys.path.insert(0, str(PROJECT / "configs"))
 import dskd as dskd_config  # noqa: E402  (configs/ is data, not a package)
@@ -94,6 +94,17 @@ def test_mixed_loss_and_map_equal_numpy():
     assert float(aux["loss_direct"]) == pytest.approx(direct, rel=1e-4)
     assert float(aux["loss_skip"]) == pytest.approx(skip, rel=1e-3)
     assert float(loss) == pytest.approx(direct + 0.7 * skip, rel=1e-3)
+    # Map (eval-mode BatchNorm): per teacher tap, the direct discrepancy plus the mean of the skip
+    # paths ending there (tap 3 gets 1→3 and 2→3, tap 1 gets 3→1, tap 2 none), up-sampled
+    # bilinearly (numpy) and multiplied over the taps.
+    (s, _), _ = stfpm.features(network, {"params": params, **model_state}, images)
+    incoming = {0: [(2, 0)], 1: [], 2: [(0, 2), (1, 2)]}
+    layer = [_np_distance(t[j], np.asarray(s[j])) + (np.mean(
+        [_np_distance(t[j], projection(i, j)) for i, j in incoming[j]], axis=0) if incoming[j] else 0.0)
+        for j in range(3)]
+    expected = np.prod([np_bilinear_upsample(m, 64) for m in layer], axis=0)
+    got = np.asarray(method.anomaly_map(params, model_state, frozen, {}, images))
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-6 * np.abs(expected).max())
 
 
 def test_mixed_pairs_parse_and_reject():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kdad_jax.methods import efficientad, get_method
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, np_bilinear_upsample
 
 sys.path.insert(0, str(PROJECT / "configs"))
 import efficientad as efficientad_config  # noqa: E402  (configs/ is data, not a package)
@@ -37,12 +37,74 @@ def test_quantile_normalization_maps_quantiles_to_0_and_0_1():
     np.testing.assert_allclose(normalized, [0.0, 0.1], atol=1e-7)
 
 
-def test_resize_maps_pads_to_quarter_then_upsamples():
-    maps = jnp.ones((1, 56, 56))
-    out = np.asarray(efficientad.resize_maps(maps, (256, 256)))
-    assert out.shape == (1, 256, 256)
-    assert out[0, 128, 128] == pytest.approx(1.0)
-    assert out[0, 0, 0] == pytest.approx(0.0)  # 4-px zero border at feature scale = 16 px
+def test_resize_maps_pads_to_quarter_then_upsamples_as_the_reference():
+    """A random 56² map against the reference's torch code: F.pad by 4 zeros, then bilinear
+    F.interpolate to 256² (align_corners=False)."""
+    from tests.conftest import optional_module
+    torch = optional_module("torch", "convert")
+    maps = np.random.default_rng(0).normal(size=(2, 56, 56)).astype(np.float32)
+    out = np.asarray(efficientad.resize_maps(jnp.asarray(maps), (256, 256)))
+    padded = torch.nn.functional.pad(torch.from_numpy(maps)[:, None], (4, 4, 4, 4))
+    reference = torch.nn.functional.interpolate(padded, (256, 256), mode="bilinear")[:, 0].numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+
+
+def test_edge_border_keeps_the_frame_within_the_maps_values():
+    """A map below zero everywhere (an image more normal than quantile q_a): the reference's zero
+    frame becomes its maximum; ``border='edge'`` (ours) repeats the outermost values, so a
+    constant map stays constant and the maximum never exceeds the map's."""
+    constant = jnp.full((1, 56, 56), -0.3)
+    assert float(efficientad.resize_maps(constant, (256, 256)).max()) == pytest.approx(0.0)
+    np.testing.assert_allclose(efficientad.resize_maps(constant, (256, 256), "edge"), -0.3, rtol=1e-6)
+    maps = -1.0 - np.random.default_rng(1).uniform(size=(3, 56, 56)).astype(np.float32)
+    edge = np.asarray(efficientad.resize_maps(jnp.asarray(maps), (256, 256), "edge"))
+    assert edge.max() <= maps.max() + 1e-6 and edge.min() >= maps.min() - 1e-6
+    # Away from the frame (beyond the 16-px band and the interpolation's reach) both agree.
+    zeros = np.asarray(efficientad.resize_maps(jnp.asarray(maps), (256, 256)))
+    np.testing.assert_allclose(edge[:, 20:-20, 20:-20], zeros[:, 20:-20, 20:-20], atol=1e-6)
+    assert np.abs(edge[:, :16] - zeros[:, :16]).max() > 0.5
+
+
+def efficientad_map_in_numpy(config, params, frozen, stats, images):
+    """EfficientAD's final map [B, S, S] (float64) from the three networks' raw outputs and the
+    statistics, written out in numpy: the reference's normalization, combination, zero frame and
+    bilinear up-sampling."""
+    from kdad_jax.methods import efficientad
+    from kdad_jax.methods.base import imagenet_normalize
+    # Distinct quantiles, so a map normalized with the other map's pair is wrong.
+    assert not np.allclose(np.asarray(stats["q_st"]), np.asarray(stats["q_ae"]))
+    nets = efficientad._Nets(config)
+    x = imagenet_normalize(images.astype(np.float32) / 255.0)
+    teacher = np.asarray(nets.teacher.apply(frozen["teacher"], x), np.float64)
+    student = np.asarray(nets.student.apply(params["student"], x), np.float64)
+    autoencoder = np.asarray(nets.autoencoder.apply(params["autoencoder"], x), np.float64)
+    mean, std = (np.asarray(stats[k], np.float64) for k in ("teacher_mean", "teacher_std"))
+    c = teacher.shape[-1]
+    local = (((teacher - mean) / std - student[..., :c]) ** 2).mean(-1)
+    global_ = ((autoencoder - student[..., c:]) ** 2).mean(-1)
+    (s0, s1), (a0, a1) = np.asarray(stats["q_st"], np.float64), np.asarray(stats["q_ae"], np.float64)
+    combined = 0.5 * 0.1 * (local - s0) / (s1 - s0) + 0.5 * 0.1 * (global_ - a0) / (a1 - a0)
+    size = config.image_size
+    pad = (size // 4 - combined.shape[1]) // 2
+    return np_bilinear_upsample(np.pad(combined, ((0, 0), (pad, pad), (pad, pad))), size)
+
+
+def test_final_map_equals_numpy_from_the_raw_network_outputs():
+    """The in-process map of a random-init model calibrated on four images, on two others:
+    written out in numpy from the networks' raw outputs (both quantile pairs, both halves of
+    the student, the teacher's channel statistics, the zero frame, the up-sampling)."""
+    config = _small_config()
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    params, model_state = method.init(jax.random.key(1), frozen)
+    rng = np.random.default_rng(3)
+    calibration = rng.uniform(size=(4, 64, 64, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [calibration])
+    stats = method.fit_stats(params, model_state, frozen, stats, [calibration])
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    maps = np.asarray(method.anomaly_map(params, model_state, frozen, stats, images.astype(np.float32) / 255))
+    expected = efficientad_map_in_numpy(config, params, frozen, stats, images)
+    np.testing.assert_allclose(maps, expected, rtol=0, atol=1e-5 * (expected.max() - expected.min()))
 
 
 def _small_config():

@@ -102,42 +102,12 @@ def test_every_detector_exports_in_both_formats_with_the_in_process_maps(name, t
 
 # --- EfficientAD's final map, recomputed in numpy ------------------------------------------------
 
-def _np_upsample(maps, size):
-    """Bilinear, half-pixel centres, edges clamped: [B, h, w] -> [B, size, size], float64."""
-    def weights(n_in):
-        source = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
-        low = np.floor(source).astype(int)
-        high = np.minimum(low + 1, n_in - 1)
-        return low, high, source - low
-    (rows_lo, rows_hi, fy), (cols_lo, cols_hi, fx) = weights(maps.shape[1]), weights(maps.shape[2])
-    rows = maps[:, rows_lo] * (1 - fy)[None, :, None] + maps[:, rows_hi] * fy[None, :, None]
-    return rows[:, :, cols_lo] * (1 - fx) + rows[:, :, cols_hi] * fx
-
-
 def test_exported_efficientad_map_equals_numpy_from_the_raw_network_outputs(trained, tmp_path):
-    from kdad_jax.methods import efficientad
-    from kdad_jax.methods.base import imagenet_normalize
+    from tests.test_efficientad import efficientad_map_in_numpy
     config, method, model, images, _ = trained("efficientad_s")
-    # Distinct quantiles, so a map normalized with the other map's pair is wrong.
-    stats = dict(model.stats)
-    assert not np.allclose(np.asarray(stats["q_st"]), np.asarray(stats["q_ae"]))
     export.export_category(str(tmp_path / "export"), method, model, config.image_size)
     exported = deploy.load(str(tmp_path / "export")).maps(images)
-
-    nets = efficientad._Nets(config)
-    x = imagenet_normalize(images.astype(np.float32) / 255.0)
-    teacher = np.asarray(nets.teacher.apply(model.frozen["teacher"], x), np.float64)
-    student = np.asarray(nets.student.apply(model.params["student"], x), np.float64)
-    autoencoder = np.asarray(nets.autoencoder.apply(model.params["autoencoder"], x), np.float64)
-    mean, std = (np.asarray(stats[k], np.float64) for k in ("teacher_mean", "teacher_std"))
-    c = teacher.shape[-1]
-    local = (((teacher - mean) / std - student[..., :c]) ** 2).mean(-1)
-    global_ = ((autoencoder - student[..., c:]) ** 2).mean(-1)
-    (s0, s1), (a0, a1) = np.asarray(stats["q_st"], np.float64), np.asarray(stats["q_ae"], np.float64)
-    combined = 0.5 * 0.1 * (local - s0) / (s1 - s0) + 0.5 * 0.1 * (global_ - a0) / (a1 - a0)
-    size = config.image_size
-    pad = (size // 4 - combined.shape[1]) // 2
-    expected = _np_upsample(np.pad(combined, ((0, 0), (pad, pad), (pad, pad))), size)
+    expected = efficientad_map_in_numpy(config, model.params, model.frozen, model.stats, images)
     spread = expected.max() - expected.min()
     np.testing.assert_allclose(exported, expected, rtol=0, atol=1e-5 * spread)
 

@@ -27,6 +27,7 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     workdir = str(tmp_path / "run")
     config = efficientad_config.get_config("smoke")
     config.data.root = tiny_tree
+    config.train.lr_drop_fraction = 1.0  # one learning rate: 3 steps + 2 resumed = 5 straight
     results = kdad_main.run(config, workdir)
     assert RESULT_KEYS <= set(results)
     assert results["teacher"] == "random-init" and results["categories"] == ["widget"]
@@ -50,11 +51,31 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
     logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
     assert results["per_category"]["widget"]["train_steps"] == 5
+    # ... and carries on exactly: params and optimizer state (Adam's moments, its step count)
+    # equal those of 5 steps straight through.
+    kdad_main.run(config, str(tmp_path / "straight"))
+    resumed, straight = _saved_state(config, workdir), _saved_state(config, str(tmp_path / "straight"))
+    assert int(resumed.step) == int(straight.step) == 5
+    for name in ("params", "opt_state"):
+        leaves = jax.tree_util.tree_leaves_with_path(getattr(straight, name))
+        assert leaves, name
+        for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(getattr(resumed, name))):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{name}{path}")
 
     # Eval-only reproduces the final numbers from the checkpoint.
     again = kdad_main.run(config, workdir, mode="eval")
     assert again["image_auroc"] == pytest.approx(results["image_auroc"])
     assert again["pixel_auroc"] == pytest.approx(results["pixel_auroc"], abs=1e-6)
+
+
+def _saved_state(config, workdir):
+    """The newest train state saved in ``workdir`` for the category ``widget``."""
+    from kdad_jax import train
+    from kdad_jax.methods import get_method
+    method = get_method(config)
+    mesh, frozen, _, rng, mngr = train._open_category(config, workdir, "widget", method)
+    state, _ = train.restore(mngr, method, train.make_optimizer(config), frozen, rng, mesh)
+    return state
 
 
 def _check_tables_and_plots(workdir, results):

@@ -92,6 +92,28 @@ def test_conv_gradients_equal_lax(shape):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
 
 
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (5, 2)])
+def test_depthwise_conv_and_its_gradients_equal_lax_grouped_conv(k, stride):
+    """EfficientNet's depthwise convolutions (on the CPU: k·k shifted multiply-adds) against
+    XLA's grouped convolution: a kernel with no symmetry, a non-square image, every gradient."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 11, 9, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+    padding = ((k // 2, k // 2), (k // 2, k // 2))
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, (stride, stride), padding, feature_group_count=6,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=lax.Precision.HIGHEST)
+
+    ours = jax.vjp(lambda x, w: conv2d(x, w, (stride, stride), padding, groups=6), x, w)
+    ref = jax.vjp(reference, x, w)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[0]).max()))
+    g = jnp.asarray(rng.normal(size=ref[0].shape), jnp.float32)
+    for a, r in zip(ours[1](g), ref[1](g)):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8, 5), (3, 5, 7, 4)])
 def test_batch_norm_is_torchs_in_training_and_evaluation(shape):
     """Outputs and running statistics equal torch.nn.BatchNorm2d's after three training passes

@@ -116,19 +116,30 @@ def test_loco_layout_reads_regions_with_their_saturation(tmp_path):
 
 
 def test_metrics_group_logical_and_structural_as_the_evaluator(tmp_path):
-    """'logical' is over good + logical images only: its FPR ignores structural images' pixels."""
+    """'logical' is over good + logical images only, 'structural' over good + structural: each
+    FPR counts the good images' pixels and ignores the other type's. The good images' maps run
+    hotter here, so a group that left them out would score higher (checked)."""
     build_loco(tmp_path)
     data = dataset.read_category("loco", str(tmp_path), "boxes", 32)
     rng = np.random.default_rng(0)
-    maps = rng.uniform(size=data.test_masks.shape) + 0.5 * data.test_masks
+    maps = rng.uniform(size=data.test_masks.shape) + 0.1 * data.test_masks
+    defects = np.asarray(data.test_defects)
+    maps[defects == "good"] += 0.2
     result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
                                       data.test_defects, data.test_regions)
     assert set(result["au_spro"]) == {"all", "logical", "structural"}
-    chosen = [0, 1, 2, 3]
-    regions = [(n, r.mask, r.saturation) for n, i in enumerate(chosen) for r in data.test_regions[i]]
-    for limit in metrics.SPRO_FPR_LIMITS:
-        assert result["au_spro"]["logical"][str(limit)] == pytest.approx(
-            slow_au_spro(maps[chosen], regions, limit), abs=1e-12)
+    for kind in ("logical", "structural"):
+        with_good = np.flatnonzero((defects == "good") | (defects == f"{kind}_anomalies"))
+        alone = np.flatnonzero(defects == f"{kind}_anomalies")
+        assert 0 < len(alone) < len(with_good)
+        for limit in metrics.SPRO_FPR_LIMITS:
+            expected = slow_au_spro(maps[with_good], _regions(data, with_good), limit)
+            assert result["au_spro"][kind][str(limit)] == pytest.approx(expected, abs=1e-12), (kind, limit)
+        assert slow_au_spro(maps[alone], _regions(data, alone), 0.05) > result["au_spro"][kind]["0.05"] + 0.01
+
+
+def _regions(data, chosen):
+    return [(n, r.mask, r.saturation) for n, i in enumerate(chosen) for r in data.test_regions[i]]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -204,6 +204,18 @@ def test_each_augmentation():
     blurred = np.asarray(device_augment.gaussian_blur(images, jnp.full((3,), 1.0), 5))
     assert blurred.std() < np.asarray(images).std()
     np.testing.assert_allclose(np.asarray(device_augment.rotate_hue(images, jnp.zeros(3))), images, atol=1e-5)
+    # A hue turn against scikit-image's YIQ: chroma (I, Q) rotated by the angle, luma kept.
+    from skimage.color import rgb2yiq, yiq2rgb
+    mid = np.asarray(images * 0.5 + 0.25, np.float64)
+    turns = np.array([0.1, 0.37, 0.75])
+    expected = []
+    for image, turn in zip(mid, turns):
+        y, i, q = np.moveaxis(rgb2yiq(image), -1, 0)
+        c, s_ = np.cos(2 * np.pi * turn), np.sin(2 * np.pi * turn)
+        expected.append(np.clip(yiq2rgb(np.stack([y, c * i - s_ * q, s_ * i + c * q], -1)), 0, 1))
+    got = np.asarray(device_augment.rotate_hue(jnp.asarray(mid, jnp.float32), jnp.asarray(turns, jnp.float32)))
+    np.testing.assert_allclose(got, np.stack(expected), atol=2e-3)  # the matrices differ in the 4th digit
+    assert np.abs(got - mid).max() > 0.05  # the turn does something
     # A hue turn keeps the luma (up to clipping).
     turned = np.asarray(device_augment.rotate_hue(images * 0.5 + 0.25, jnp.full((3,), 0.1)))
     luma = lambda x: x @ np.array([0.299, 0.587, 0.114])

@@ -105,6 +105,26 @@ def test_scores_are_standardized_on_validation_images():
         assert abs(v_std.mean()) < 1e-4 and v_std.std() == pytest.approx(1.0, rel=1e-3)
     maps = np.asarray(method.anomaly_map(params, model_state, frozen, stats, jnp.asarray(images)))
     assert maps.shape == (4, 32, 32) and abs(maps.mean()) < 1e-3
+    # The paper's score written out in float64 from the raw descriptors, on other images: per
+    # scale e = ‖mean_i S_i − y‖², v = mean_i ‖S_i‖² − ‖mean_i S_i‖², each standardized with
+    # the validation images' mean and std; the map averages e + v over the scales.
+    others = np.random.default_rng(5).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    expected = 0.0
+    for p in nets.scales:
+        key = students.scale_key(p)
+
+        def raw(batch):
+            target = ((np.asarray(nets.dense(p, frozen["teachers"][key], batch), np.float64)
+                       - np.asarray(stats[f"mean_{key}"], np.float64)) / np.asarray(stats[f"std_{key}"], np.float64))
+            s = np.asarray(nets.students_dense(p, params[key], batch), np.float64)
+            mean = s.mean(0)
+            return ((mean - target) ** 2).sum(-1), (s ** 2).sum(-1).mean(0) - (mean ** 2).sum(-1)
+
+        (e_val, v_val), (e, v) = raw(images), raw(others)
+        expected = expected + (e - e_val.mean()) / e_val.std() + (v - v_val.mean()) / v_val.std()
+    expected = expected / len(nets.scales)
+    got = np.asarray(method.anomaly_map(params, model_state, frozen, stats, jnp.asarray(others)))
+    np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max())
 
 
 def test_smoke_run_writes_results(tiny_tree, tmp_path):

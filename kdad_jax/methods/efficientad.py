@@ -54,14 +54,21 @@ def normalize_map(raw, start, end):
     return 0.1 * (raw - start) / (end - start)
 
 
-def resize_maps(maps, image_hw):
+MAP_BORDERS = ("zeros", "edge")
+
+
+def resize_maps(maps, image_hw, border: str = "zeros"):
     """[B, h, w] feature maps -> [B, H, W]: pad by (H/4 − h)/2 per side, bilinear up-sample.
 
-    At 256² this is the reference's 4-pixel padding of the 56² map to 64² = 256/4.
+    At 256² this is the reference's 4-pixel padding of the 56² map to 64² = 256/4. ``border``:
+    the reference pads with zeros; ``"edge"`` (ours) repeats the map's outermost values, so the
+    frame never holds a value the map does not (a normalized map is negative where the image
+    looks more normal than the quantile ``q_a``: there the zero frame becomes the image score).
     """
     pad_h = max(0, (image_hw[0] // 4 - maps.shape[1]) // 2)
     pad_w = max(0, (image_hw[1] // 4 - maps.shape[2]) // 2)
-    maps = jnp.pad(maps, ((0, 0), (pad_h, pad_h), (pad_w, pad_w)))
+    maps = jnp.pad(maps, ((0, 0), (pad_h, pad_h), (pad_w, pad_w)),
+                   mode="edge" if border == "edge" else "constant")
     return jax.image.resize(maps, (maps.shape[0], *image_hw), "linear", antialias=False)
 
 
@@ -81,6 +88,7 @@ class _Nets:
         channels = config.model.out_channels
         self.channels = channels
         self.image_hw = (config.image_size, config.image_size)
+        self.map_border = config.model.get("map_border", "zeros")
         self.feature_hw = feature_shape(self.image_hw, size, config.model.padded)
         dtype = compute_dtype(config)
         self.teacher = PDN(size, channels, config.model.padded, dtype)
@@ -186,7 +194,7 @@ def _anomaly_map(nets, params, model_state, frozen, stats, images):
     """Combined normalized map at image resolution, [B, H, W]. Image score = its max."""
     local, global_ = _raw_maps(nets, params, model_state, frozen, stats, images)
     combined = 0.5 * normalize_map(local, *stats["q_st"]) + 0.5 * normalize_map(global_, *stats["q_ae"])
-    return resize_maps(combined, images.shape[1:3])
+    return resize_maps(combined, images.shape[1:3], nets.map_border)
 
 
 def make(config) -> Method:
