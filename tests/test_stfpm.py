@@ -289,6 +289,20 @@ def test_eca_mskdad_step_updates_params_and_batch_stats():
     assert not np.allclose(before[0]["layer1_0"]["eca_bn2"]["weight"],
                            new_state.params["layer1_0"]["eca_bn2"]["weight"])
     assert not np.allclose(before[1]["batch_stats"]["bn1"]["mean"], new_state.model_state["batch_stats"]["bn1"]["mean"])
+    # Every parameter moved by PyTorch's first SGD step, written out: p − lr·(g + wd·p) (the
+    # momentum buffer starts as the gradient), g the loss's gradient at the step's key; the
+    # BatchNorm statistics are those the loss's forward pass returned.
+    assert config.train.get("optimizer") == "sgd"
+    (_, (_, model_state)), grads = jax.value_and_grad(method.loss, has_aux=True)(
+        state.params, state.model_state, frozen, {}, batch, jax.random.fold_in(jax.random.key(3), 0))
+    lr, wd = config.train.learning_rate, config.train.weight_decay
+    expected = jax.tree_util.tree_map(lambda p, g: np.asarray(p) - lr * (np.asarray(g) + wd * np.asarray(p)),
+                                      before[0], grads)
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected),
+                                 jax.tree_util.tree_leaves(new_state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * lr, err_msg=str(path))
+    for want, got in zip(jax.tree_util.tree_leaves(model_state), jax.tree_util.tree_leaves(new_state.model_state)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     maps = method.anomaly_map(new_state.params, new_state.model_state, frozen, {}, batch["image"])
     assert maps.shape == (2, 64, 64) and np.isfinite(np.asarray(maps)).all()
 
