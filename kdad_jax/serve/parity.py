@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from kdad_jax import evaluate
+from kdad_jax import evaluate, metrics
 from kdad_jax.serve import deploy
 
 # Largest |exported − in-process| map difference allowed, as a fraction of the in-process maps'
@@ -61,10 +61,14 @@ def _latency_ms(detector, sources: list, batch: int) -> float:
     return 1e3 * statistics.median(times[1:]) / batch
 
 
-def _quality(maps: np.ndarray, data) -> dict:
-    """Image AUROC, pixel AUROC and AU-PRO of test maps [M, S, S] (None where undefined)."""
-    result = evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
-                                      data.test_defects)
+def _metrics(maps: np.ndarray, data) -> dict:
+    """The evaluation's metrics of test maps [M, S, S] (thresholds included)."""
+    return evaluate.compute_metrics(maps, data.test_labels, data.test_masks, data.test_has_mask,
+                                    data.test_defects)
+
+
+def _quality(result: dict) -> dict:
+    """Image AUROC, pixel AUROC and AU-PRO of a ``_metrics`` result (None where undefined)."""
     return {key: result.get(key) for key in QUALITY_KEYS}
 
 
@@ -89,12 +93,12 @@ def check(folder: str, method, trained, data, test_maps: np.ndarray, threshold: 
     names += [f"validation image {i}" for i in range(len(expected) - len(names))]
     map_delta = np.abs(got.astype(np.float64) - expected).reshape(len(got), -1).max(axis=1)
     spread = float(expected.max() - expected.min()) or 1.0
-    scores_expected = expected.reshape(len(expected), -1).max(axis=1)
-    scores_got = got.reshape(len(got), -1).max(axis=1)
+    scores_expected, scores_got = metrics.image_scores(expected), metrics.image_scores(got)
     tolerance = TOLERANCE[export_format]
     flipped, on_threshold = _flips(scores_expected, scores_got, threshold, tolerance * spread)
     worst = int(np.argmax(map_delta))
     tested = len(data.test)
+    artifact_metrics = _metrics(got[:tested], data)
     report = {
         "runtime": "onnxruntime" if export_format == "onnx" else "jax",
         "images": len(got),
@@ -110,16 +114,14 @@ def check(folder: str, method, trained, data, test_maps: np.ndarray, threshold: 
         "latency_ms_per_image": {"batch_1": round(_latency_ms(detector, sources, 1), 2),
                                  f"batch_{BATCH}": round(_latency_ms(detector, sources, BATCH), 2)},
         "precision": precision,
-        "test_metrics": {"training": _quality(expected[:tested], data),
-                         "artifact": _quality(got[:tested], data)},
+        "test_metrics": {"training": _quality(_metrics(expected[:tested], data)),
+                         "artifact": _quality(artifact_metrics)},
         "ok": bool(precision != "float32" or (flipped == 0 and map_delta.max() <= tolerance * spread)),
     }
     if precision != "float32" and threshold is not None:
         own = evaluate.decision_thresholds(
-            evaluate.f1_thresholds(got[:tested], data.test_labels, data.test_masks, data.test_has_mask,
-                                   data.test_defects),
-            lambda: _exported_maps(detector, list(trained.validation)).reshape(
-                len(trained.validation), -1).max(axis=1), percentile)
+            artifact_metrics, lambda: metrics.image_scores(_exported_maps(detector, list(trained.validation))),
+            percentile)
         changed, _ = _flips(scores_expected, scores_got, threshold, 0.0, own["image_threshold"])
         report.update(artifact_threshold=own["image_threshold"],
                       artifact_threshold_rule=f"{own['image_rule']}, on the {precision} artifact's scores",
