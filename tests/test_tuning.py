@@ -124,3 +124,60 @@ def test_cpu_preset_named_by_each_config_exists(name):
     def steps(c):
         return c.train.get("epochs") or c.train.steps
     assert steps(cpu) < steps(paper) or cpu.image_size < paper.image_size
+
+
+def _part_on_plain_background(rng, size=256):
+    """A dark bar (a part) at a random angle on a light, slightly noisy background; its mask."""
+    from PIL import ImageDraw
+    mask = Image.new("L", (size, size), 0)
+    angle = rng.uniform(0, np.pi)
+    c, s = np.cos(angle) * 70, np.sin(angle) * 70
+    ImageDraw.Draw(mask).line((128 - c, 128 - s, 128 + c, 128 + s), fill=255, width=24)
+    part = np.asarray(mask) > 0
+    image = 0.8 + rng.normal(0, 0.01, (size, size, 3))
+    image[part] = 0.3 + rng.normal(0, 0.01, (int(part.sum()), 3))
+    return np.clip(image, 0, 1).astype(np.float32), part
+
+
+@pytest.mark.parametrize("defect", ["faint", "missing", "misplaced"])
+def test_object_defects_change_the_part_exactly_where_their_mask_says(defect):
+    from kdad_jax.data import object_defects
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        image, part = _part_on_plain_background(rng)
+        found = object_defects.object_mask(image)
+        assert (found & part).sum() / (found | part).sum() > 0.8  # the part, not the background
+        changed, mask = getattr(object_defects, defect)(image, rng)
+        mask = np.asarray(mask) > 0
+        difference = np.abs(changed - image).max(axis=-1)
+        assert mask.any() and (difference[~mask] == 0).all() and (difference[mask] > 1 / 255).all()
+        near_part = ndimage_dilate(part, 4)
+        if defect == "faint":  # small, low contrast, on the part
+            assert mask.sum() <= np.pi * 9 ** 2 and difference.max() <= 0.12 + 1e-6
+            assert near_part[mask].all()
+        elif defect == "missing":  # the part's dark pixels become background
+            assert near_part[mask].all() and changed[mask & part].mean() > image[mask & part].mean() + 0.1
+        else:  # the part moved: pixels left and pixels newly covered both changed
+            assert (mask & part).any() and (mask & ~part).any()
+
+
+def ndimage_dilate(mask, iterations):
+    from scipy import ndimage
+    return ndimage.binary_dilation(mask, iterations=iterations)
+
+
+def test_object_defects_use_the_interior_when_the_frame_is_not_plain():
+    from kdad_jax.data import object_defects
+    rng = np.random.default_rng(0)
+    board = rng.uniform(0, 1, (256, 256, 3)).astype(np.float32)
+    found = object_defects.object_mask(board)
+    assert found[object_defects.MARGIN:-object_defects.MARGIN,
+                 object_defects.MARGIN:-object_defects.MARGIN].all()
+    assert found.sum() == (256 - 2 * object_defects.MARGIN) ** 2
+
+
+def test_tuning_category_rejects_unknown_defect_kinds(tmp_path):
+    build_tree(tmp_path / "data", n_train=12)
+    with pytest.raises(UserError, match="--defects: dent"):
+        synthetic.write_tuning_category(str(tmp_path / "data"), "widget", str(tmp_path / "tune"),
+                                        defects=("faint", "dent"))
