@@ -70,6 +70,26 @@ def build_tree(root: pathlib.Path, category="widget", size=48, n_train=6, n_good
     return base
 
 
+def part_on_plain_background(rng, size=256, threads=False):
+    """A dark bar (a part) at a random angle and place on a light, slightly noisy plain background,
+    [size, size, 3] float32 in [0, 1], and its mask [size, size] bool. ``threads``: stripes across
+    the part, so it has structure of its own (like a screw's thread)."""
+    from PIL import ImageDraw
+    mask = Image.new("L", (size, size), 0)
+    angle = rng.uniform(0, np.pi)
+    cy, cx = rng.uniform(0.4, 0.6, 2) * size
+    c, s = np.cos(angle) * 0.27 * size, np.sin(angle) * 0.27 * size
+    ImageDraw.Draw(mask).line((cx - c, cy - s, cx + c, cy + s), fill=255, width=max(2, int(0.094 * size)))
+    part = np.asarray(mask) > 0
+    image = 0.8 + rng.normal(0, 0.01, (size, size, 3))
+    inside = np.full(int(part.sum()), 0.3)
+    if threads:
+        yy, xx = np.nonzero(part)
+        inside = inside + 0.08 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 0.9)
+    image[part] = inside[:, None] + rng.normal(0, 0.01, (int(part.sum()), 3))
+    return np.clip(image, 0, 1).astype(np.float32), part
+
+
 @pytest.fixture
 def tiny_tree(tmp_path):
     build_tree(tmp_path / "data")

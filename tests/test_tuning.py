@@ -11,7 +11,7 @@ from kdad_jax import train
 from kdad_jax.teachers import pretrain
 from kdad_jax.data import augment, dataset, synthetic
 from kdad_jax.errors import UserError
-from tests.conftest import build_tree
+from tests.conftest import build_tree, part_on_plain_background
 
 
 def test_tuning_category_is_made_of_training_images_only(tmp_path):
@@ -126,25 +126,12 @@ def test_cpu_preset_named_by_each_config_exists(name):
     assert steps(cpu) < steps(paper) or cpu.image_size < paper.image_size
 
 
-def _part_on_plain_background(rng, size=256):
-    """A dark bar (a part) at a random angle on a light, slightly noisy background; its mask."""
-    from PIL import ImageDraw
-    mask = Image.new("L", (size, size), 0)
-    angle = rng.uniform(0, np.pi)
-    c, s = np.cos(angle) * 70, np.sin(angle) * 70
-    ImageDraw.Draw(mask).line((128 - c, 128 - s, 128 + c, 128 + s), fill=255, width=24)
-    part = np.asarray(mask) > 0
-    image = 0.8 + rng.normal(0, 0.01, (size, size, 3))
-    image[part] = 0.3 + rng.normal(0, 0.01, (int(part.sum()), 3))
-    return np.clip(image, 0, 1).astype(np.float32), part
-
-
 @pytest.mark.parametrize("defect", ["faint", "missing", "misplaced"])
 def test_object_defects_change_the_part_exactly_where_their_mask_says(defect):
     from kdad_jax.data import object_defects
     rng = np.random.default_rng(1)
     for _ in range(4):
-        image, part = _part_on_plain_background(rng)
+        image, part = part_on_plain_background(rng)
         found = object_defects.object_mask(image)
         assert (found & part).sum() / (found | part).sum() > 0.8  # the part, not the background
         changed, mask = getattr(object_defects, defect)(image, rng)
