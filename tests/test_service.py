@@ -150,11 +150,11 @@ def test_bad_uploads_get_a_4xx_in_one_line_and_the_others_are_served(server, exp
     _, paths = exported
     good = open(paths[0], "rb").read()
     cases = {
-        "not an image": ([("notes.txt", b"hello, not an image")], 400, "notes.txt: not a readable image"),
+        "not an image": ([("notes.txt", b"hello, not an image")], 400, "notes.txt: unreadable image"),
         "empty": ([("empty.png", b"")], 400, "empty.png: empty file"),
-        "truncated": ([("cut.png", good[: len(good) // 2])], 400, "cut.png: not a readable image"),
+        "truncated": ([("cut.png", good[: len(good) // 2])], 400, "cut.png: unreadable image"),
         "bomb": ([("bomb.png", _png((8000, 8000), "L"))], 413, "bomb.png: 8000x8000 px, over the limit"),
-        "one bad among good": ([("a.png", good), ("b.txt", b"x")], 400, "b.txt: not a readable image"),
+        "one bad among good": ([("a.png", good), ("b.txt", b"x")], 400, "b.txt: unreadable image"),
     }
     for name, (files, status, words) in cases.items():
         got, body, _ = server.post("/predict/widget", files)

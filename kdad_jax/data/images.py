@@ -7,6 +7,7 @@ folder and ignored; hidden files (``.DS_Store``, macOS ``._*`` resource forks) a
 silently. Images are turned upright by their EXIF orientation, as a viewer shows them."""
 
 import os
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -69,24 +70,46 @@ def _report_subfolder_images(folder: str, subfolders: List[str]) -> None:
              f"them up to use them")
 
 
-def open_image(path: str) -> Image.Image:
-    """The decoded image, upright by its EXIF orientation; ``UserError`` naming ``path`` if not."""
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UserError(f"{path}: unreadable image (broken symbolic link to {os.readlink(path)})")
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise UserError(f"{path}: unreadable image (empty file, 0 bytes)")
+class ImageTooLarge(UserError):
+    """An image over a pixel limit: the caller's, or Pillow's decompression-bomb limit."""
+
+
+def open_image(source, name: Optional[str] = None, max_pixels: Optional[int] = None) -> Image.Image:
+    """The decoded image, upright by its EXIF orientation, from a path or a binary file object.
+
+    ``UserError`` naming ``name`` (default: the path) when it cannot be read; ``ImageTooLarge``
+    over ``max_pixels`` (read from the header, before anything is decoded; Pillow's
+    decompression-bomb warning then counts as over too) or over Pillow's bomb limit. A file from
+    outside is data: whatever Pillow raises on it becomes that one line."""
+    name = name or str(source)
+    if isinstance(source, str):
+        if os.path.islink(source) and not os.path.exists(source):
+            raise UserError(f"{name}: unreadable image (broken symbolic link to {os.readlink(source)})")
+        if os.path.isfile(source) and os.path.getsize(source) == 0:
+            raise UserError(f"{name}: unreadable image (empty file, 0 bytes)")
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():
+            if max_pixels is not None:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageTooLarge(f"{name}: {image.width}x{image.height} px, over the limit of "
+                                    f"{max_pixels} pixels")
+            image.load()
         return ImageOps.exif_transpose(image)
+    except UserError:
+        raise
     except UnidentifiedImageError:
-        raise UserError(f"{path}: unreadable image (not an image format Pillow knows)") from None
-    except Image.DecompressionBombError as e:
-        raise UserError(f"{path}: unreadable image (over Pillow's decompression-bomb limit of "
-                        f"{Image.MAX_IMAGE_PIXELS} px: {e}; if it is a real image, raise "
-                        f"PIL.Image.MAX_IMAGE_PIXELS or downscale it)") from None
+        raise UserError(f"{name}: unreadable image (not an image format Pillow knows)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(f"{name}: unreadable image (over Pillow's decompression-bomb limit of "
+                            f"{Image.MAX_IMAGE_PIXELS} px: {e}; if it is a real image, raise "
+                            f"PIL.Image.MAX_IMAGE_PIXELS or downscale it)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: unreadable image ({e})") from None
+        raise UserError(f"{name}: unreadable image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on a broken file
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{name}: unreadable image ({type(e).__name__}: {first})") from None
 
 
 def _to_eight_bit(values: np.ndarray, full_scale: float) -> Image.Image:

@@ -21,12 +21,13 @@ import concurrent.futures
 import dataclasses
 import io
 import os
-import warnings
 from typing import Dict, List, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from kdad_jax.data import images as image_io
+from kdad_jax.errors import UserError
 from kdad_jax.serve import deploy
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
@@ -57,21 +58,12 @@ def decode(name: str, data: bytes, options: Options) -> Image.Image:
         raise BadUpload(413, f"{name}: {len(data) / 2 ** 20:.1f} MB, over the limit of "
                              f"{options.max_upload_mb:g} MB")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > options.max_pixels:
-                raise BadUpload(413, f"{name}: {image.width}x{image.height} px, over the limit of "
-                                     f"{options.max_pixels} pixels")
-            image.load()
-    except BadUpload:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadUpload(413, f"{name}: decompression bomb refused ({e})") from None
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types on a broken file
-        raise BadUpload(400, f"{name}: not a readable image ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
-    return ImageOps.exif_transpose(image)
+        image = image_io.open_image(io.BytesIO(data), name, options.max_pixels)
+    except image_io.ImageTooLarge as e:
+        raise BadUpload(413, str(e)) from None
+    except UserError as e:
+        raise BadUpload(400, str(e)) from None
+    return image
 
 
 class QueueFull(Exception):
