@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from kdad_jax import train
 from kdad_jax.teachers import pretrain
@@ -138,7 +139,7 @@ def test_object_defects_change_the_part_exactly_where_their_mask_says(defect):
         mask = np.asarray(mask) > 0
         difference = np.abs(changed - image).max(axis=-1)
         assert mask.any() and (difference[~mask] == 0).all() and (difference[mask] > 1 / 255).all()
-        near_part = ndimage_dilate(part, 4)
+        near_part = ndimage.binary_dilation(part, iterations=4)
         if defect == "faint":  # small, low contrast, on the part
             assert mask.sum() <= np.pi * 9 ** 2 and difference.max() <= 0.12 + 1e-6
             assert near_part[mask].all()
@@ -146,11 +147,6 @@ def test_object_defects_change_the_part_exactly_where_their_mask_says(defect):
             assert near_part[mask].all() and changed[mask & part].mean() > image[mask & part].mean() + 0.1
         else:  # the part moved: pixels left and pixels newly covered both changed
             assert (mask & part).any() and (mask & ~part).any()
-
-
-def ndimage_dilate(mask, iterations):
-    from scipy import ndimage
-    return ndimage.binary_dilation(mask, iterations=iterations)
 
 
 def test_object_defects_use_the_interior_when_the_frame_is_not_plain():

@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-SIZE = 256
 MARGIN = 24  # defects start this far from the frame (px at 256²)
 
 
@@ -89,7 +88,7 @@ def misplaced(image, rng, photos=None):
         dy, dx = rng.choice([-1, 1], size=2) * rng.uniform(8, 20, size=2)
         moved = pil.transform(pil.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.BILINEAR)
     moved = np.asarray(moved, np.float32) / 255.0
-    half = 0.3 * SIZE
+    half = 0.3 * image.shape[0]
     box = np.zeros(obj.shape, bool)
     box[int(max(0, cy - half)):int(cy + half), int(max(0, cx - half)):int(cx + half)] = True
     changed = ndimage.binary_closing(np.abs(moved - image).max(axis=-1) > 0.1, iterations=6)

@@ -13,9 +13,11 @@ and ``misplaced`` (``kdad_jax/data/object_defects.py``) are small, low-contrast 
 object, like the defects of small parts on a plain background (screw) or of placed components
 (transistor)::
 
-    python -m kdad_jax.data.synthetic --root R --category screw --defects faint,missing --out DIR Train and evaluate a preset on
-it as on any folder (``--config.data.root=<out>``), then run the chosen settings once on the
-real test split. Images are written at 256² (the defect sizes are set for that side).
+    python -m kdad_jax.data.synthetic --root R --category screw --defects faint,missing --out DIR
+
+Train and evaluate a preset on it as on any folder (``--config.data.root=<out>``), then run the
+chosen settings once on the real test split. Images are written at 256² (the defect sizes are set
+for that side).
 """
 
 import argparse

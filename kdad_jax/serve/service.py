@@ -58,12 +58,11 @@ def decode(name: str, data: bytes, options: Options) -> Image.Image:
         raise BadUpload(413, f"{name}: {len(data) / 2 ** 20:.1f} MB, over the limit of "
                              f"{options.max_upload_mb:g} MB")
     try:
-        image = image_io.open_image(io.BytesIO(data), name, options.max_pixels)
+        return image_io.open_image(io.BytesIO(data), name, options.max_pixels)
     except image_io.ImageTooLarge as e:
         raise BadUpload(413, str(e)) from None
     except UserError as e:
         raise BadUpload(400, str(e)) from None
-    return image
 
 
 class QueueFull(Exception):
