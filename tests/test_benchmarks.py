@@ -89,3 +89,36 @@ def test_score_rules_rank_an_isolated_frame_pixel_below_a_defect_region():
         assert scores[rule][1] > scores[rule][0], rule
     assert scores["top_mean_1"][1] == pytest.approx(np.sort(maps[1].ravel())[-41:].mean())
     assert scores["interior_max"][0] == 0.0
+
+
+def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
+    """On a toy project whose test checks ``add`` but never ``clip``'s boundary: mutmut's mutant
+    of ``a + b`` is killed, ``x < low`` → ``x <= low`` survives (clip(0) is 0 either way) and is
+    reported with its line and change; a second run reads the cache and runs nothing again."""
+    optional_module("mutmut", "mutation")
+    project = tmp_path / "toy"
+    (project / "pkg").mkdir(parents=True)
+    (project / "tests").mkdir()
+    (project / "pkg" / "__init__.py").write_text("")
+    (project / "tests" / "__init__.py").write_text("")
+    (project / "pkg" / "m.py").write_text(
+        "def add(a, b):\n    return a + b\n\n\ndef clip(x, low=0):\n    if x < low:\n        return low\n    return x\n")
+    (project / "tests" / "test_m.py").write_text(
+        "from pkg.m import add, clip\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
+        "def test_clip():\n    assert clip(-1) == 0\n")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    command = [sys.executable, "benchmarks/mutation.py", "--project", str(project),
+               "--workdir", str(tmp_path / "work"), "--target", "toy=pkg/m.py:tests/test_m.py"]
+    proc = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    toy = json.loads(proc.stdout)["targets"]["toy"]
+    assert (toy["tried"], toy["killed"], toy["survived"], toy["untested"]) == (3, 2, 1, 0), toy
+    assert toy["kill_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    (survivor,) = toy["survivors"]
+    assert survivor["line"] == 6 and "+    if x <= low:" in survivor["change"]
+    report = subprocess.run(command + ["--report"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert json.loads(report.stdout)["targets"]["toy"] == toy
+    unknown = subprocess.run(command + ["--only", "nope"], cwd=PROJECT, capture_output=True, text=True)
+    assert unknown.returncode != 0 and unknown.stderr.strip().splitlines() == [
+        "mutation: --only: unknown target(s) nope; known: toy"]

@@ -302,7 +302,9 @@ def test_eca_mskdad_step_updates_params_and_batch_stats():
                                  jax.tree_util.tree_leaves(new_state.params)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * lr, err_msg=str(path))
     for want, got in zip(jax.tree_util.tree_leaves(model_state), jax.tree_util.tree_leaves(new_state.model_state)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        # A mean near zero beside its channel's spread is a rounding apart between the jitted
+        # step and the eager loss (their reductions are ordered differently).
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     maps = method.anomaly_map(new_state.params, new_state.model_state, frozen, {}, batch["image"])
     assert maps.shape == (2, 64, 64) and np.isfinite(np.asarray(maps)).all()
 

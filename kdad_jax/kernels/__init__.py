@@ -11,6 +11,7 @@ exported on a CPU for CUDA and TPU carries XLA's standard ops for them:
 | max pool (``max_pool``) | max of strided slices when the input is ≤ 8 MiB and its shape known, else ``reduce_window`` | ``reduce_window`` |
 | max pool gradient | torch's rule (first maximum of each window) as slices and pads | the same |
 | BatchNorm per-channel means (``channel_mean``) | product with a ones vector | ``jnp.mean`` |
+| BatchNorm statistics (``batch_stats``) | corrected means (a second mean of what the first left over) | the same |
 | BatchNorm gradient (``normalize_with_batch_stats``) | written out (custom VJP) | the same |
 
 Compiler options of the local backend (``compilation``) are chosen at compile time.

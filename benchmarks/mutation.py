@@ -1,0 +1,149 @@
+"""Mutation check: small bugs put into the code every reported figure passes through, one at a
+time, and whether the tests that cover that code catch each one.
+
+    python benchmarks/mutation.py [--workdir DIR] [--only metrics,efficientad] [--report]
+
+Targets (module: the tests run against each of its mutants) are ``TARGETS`` below: the metrics,
+every method and the ONNX translator. For each, mutmut 2 (``pip install -e '.[mutation]'``) writes
+one mutant at a time into a copy of the tracked tree under ``--workdir`` (default
+``~/.cache/kdad_jax/mutation``), runs the target's tests in a fresh process and records whether
+they fail (killed), pass (survived) or run past mutmut's timeout. Results are kept in the copy's
+``.mutmut-cache``: an interrupted run resumes where it stopped, and a mutant already judged against
+unchanged code and tests is not run again. The copy is refreshed from the working tree on every
+run; ``--report`` only reads the cache.
+
+Prints one JSON object: per target the mutants tried, killed, survived and timed out, the kill
+rate, and each survivor's line and change (a unified diff), so that every survivor gets a test or
+a reason it is equivalent. It takes hours on 2 cores (every mutant is a pytest process that
+imports JAX): run it per target with ``--only`` across sessions.
+
+Why mutmut 2 and not 3: mutmut 3 runs each mutant's tests in a ``fork`` of a process that has
+already imported the code under test, and a process that has used JAX cannot be forked safely
+(JAX warns that its threads make ``os.fork()`` deadlock); mutmut 2 starts each test run as a new
+process.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TARGETS = {
+    "metrics": ("kdad_jax/metrics.py", ["tests/test_metrics.py", "tests/test_spro.py"]),
+    "efficientad": ("kdad_jax/methods/efficientad.py", ["tests/test_efficientad.py"]),
+    "stfpm": ("kdad_jax/methods/stfpm.py", ["tests/test_stfpm.py"]),
+    "dskd": ("kdad_jax/methods/dskd.py", ["tests/test_dskd_mixed.py"]),
+    "mixed": ("kdad_jax/methods/mixed.py", ["tests/test_dskd_mixed.py"]),
+    "students": ("kdad_jax/methods/students.py", ["tests/test_students.py"]),
+    "teacher_pretraining": ("kdad_jax/methods/teacher_pretraining.py", ["tests/test_pretrain.py"]),
+    "patch_teacher_pretraining": ("kdad_jax/methods/patch_teacher_pretraining.py",
+                                  ["tests/test_students.py"]),
+    "methods_base": ("kdad_jax/methods/base.py", ["tests/test_train.py", "tests/test_stacking.py"]),
+    "onnx_export": ("kdad_jax/serve/onnx_export.py", ["tests/test_onnx.py"]),
+}
+
+def copy_tree(source: str, destination: str) -> None:
+    """The tracked and untracked-but-not-ignored files of ``source`` into ``destination``, which
+    keeps its ``.mutmut-cache`` (mutmut judges a cached mutant again when the file or tests changed)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=source, capture_output=True, check=True).stdout.split(b"\0")
+    for name in (n.decode() for n in listed if n):
+        origin = os.path.join(source, name)
+        if not os.path.isfile(origin):
+            continue
+        target = os.path.join(destination, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(origin, target)
+
+
+def parse_target(spec: str) -> tuple:
+    name, _, rest = spec.partition("=")
+    path, _, tests = rest.partition(":")
+    if not (name and path and tests):
+        raise SystemExit(f"mutation: --target {spec!r}: expected NAME=PATH:TEST[,TEST]")
+    return name, (path, tests.split(","))
+
+
+def runner(tests: list[str]) -> str:
+    """The test command for one mutant: stop at the first failure, no cache writes."""
+    return f"{sys.executable} -m pytest -x -q -p no:cacheprovider " + " ".join(tests)
+
+
+def mutmut(tree: str, *args: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": tree}  # the copy's kdad_jax, not the installed one
+    return subprocess.run([shutil.which("mutmut") or "mutmut", *args], cwd=tree, env=environment,
+                          capture_output=True, text=True)
+
+
+def run_target(tree: str, path: str, tests: list[str]) -> None:
+    done = mutmut(tree, "run", "--paths-to-mutate", path, "--runner", runner(tests),
+                  "--tests-dir", "tests", "--no-progress")
+    if done.returncode & 1:  # bit 0: a fatal error (e.g. the tests fail without a mutant)
+        raise SystemExit(f"mutation: {path}: mutmut failed: {(done.stdout + done.stderr)[-800:]}")
+
+
+def judged(tree: str) -> dict:
+    """{file: [{"line", "status", "change"}]} for every mutant mutmut knows, from its JUnit XML
+    report (its documented output): a failure is a survivor, an error a timeout, skipped not yet
+    run; a mutant the tests failed on, quickly or slowly, is killed."""
+    report = mutmut(tree, "junitxml", "--untested-policy", "skipped")
+    if report.returncode != 0 or "<testsuites" not in report.stdout:
+        return {}
+    by_file: dict = {}
+    for case in ElementTree.fromstring(report.stdout).iter("testcase"):
+        status, change = "killed", None
+        for tag, name in (("failure", "survived"), ("error", "timeout"), ("skipped", "untested")):
+            found = case.find(tag)
+            if found is not None:
+                status, change = name, found.text
+        by_file.setdefault(case.get("file"), []).append(
+            {"line": int(case.get("line")), "status": status, "change": change})
+    return by_file
+
+
+def summary(mutants: list[dict]) -> dict:
+    counts = {status: sum(m["status"] == status for m in mutants)
+              for status in ("killed", "survived", "timeout", "untested")}
+    tried = len(mutants) - counts["untested"]
+    return {"tried": tried, **counts,
+            "kill_rate": round(counts["killed"] / tried, 4) if tried else None,
+            "survivors": [{"line": m["line"], "change": m["change"]}
+                          for m in mutants if m["status"] in ("survived", "timeout")]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=os.path.expanduser("~/.cache/kdad_jax/mutation"))
+    parser.add_argument("--only", default="", help="comma-separated targets: " + ",".join(TARGETS))
+    parser.add_argument("--report", action="store_true", help="read the cache; run nothing")
+    parser.add_argument("--project", default=PROJECT, help="a git checkout to mutate (default: this one)")
+    parser.add_argument("--target", action="append", default=[], metavar="NAME=PATH:TEST[,TEST]",
+                        help="mutate PATH against TEST files instead of the built-in targets")
+    args = parser.parse_args(argv)
+    targets = dict(parse_target(spec) for spec in args.target) or TARGETS
+    names = [n for n in args.only.split(",") if n] or list(targets)
+    unknown = sorted(set(names) - set(targets))
+    if unknown:
+        raise SystemExit(f"mutation: --only: unknown target(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(targets)}")
+    tree = os.path.join(args.workdir, "tree")
+    if not args.report:
+        if shutil.which("mutmut") is None:
+            raise SystemExit("mutation: mutmut is not installed: pip install -e '.[mutation]'")
+        os.makedirs(tree, exist_ok=True)
+        copy_tree(args.project, tree)
+        for name in names:
+            run_target(tree, *targets[name])
+    by_file = judged(tree)
+    print(json.dumps({"workdir": args.workdir, "targets": {
+        name: {"path": targets[name][0], "tests": targets[name][1],
+               **summary(by_file.get(targets[name][0], []))} for name in names}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
