@@ -62,6 +62,15 @@ def _elementwise(x):
     return jnp.squeeze(jnp.max(y * z, axis=-1, keepdims=True), -1) + jnp.min(x, axis=(1, 2))[:, None, :1]
 
 
+def _logic_and_rounding(x):
+    inside = ((x > 0.3) & (x <= 0.7)) | ((x == 0.5) & ~(x != x))
+    outer = (x >= 0.9) | (x < 0.1)
+    stepped = jnp.where(inside, jnp.floor(x * 4) + jnp.ceil(x * 3), jnp.sign(x - 0.5))
+    smooth = (jnp.log(x + 1) * lax.erf(x) + lax.rsqrt(x + 1) + jnp.power(x + 1, x)
+              + lax.clamp(0.2, x, 0.6))
+    return stepped + smooth + outer.astype(jnp.float32) + jnp.copy(x)
+
+
 CASES = {  # name: (function, its constant arguments, image shape)
     "conv_strided_dilated_relu": (_conv_relu, (KERNEL, BIAS), (9, 8, 4)),
     "depthwise_avg_and_max_pool": (_depthwise_and_pools, (DEPTHWISE,), (9, 10, 4)),
@@ -69,6 +78,7 @@ CASES = {  # name: (function, its constant arguments, image shape)
     "reshape_transpose_flip_concat_pad_slice_einsum": (lambda m, x: _shuffles(m, x)[0] , (MATRIX,), (8, 6, 4)),
     "einsum_moving_the_batch": (lambda m, x: _shuffles(m, x)[1], (MATRIX,), (8, 6, 4)),
     "where_pow_clip_sigmoid_reductions": (_elementwise, (), (5, 6, 3)),
+    "logic_rounding_log_erf_rsqrt_clamp": (_logic_and_rounding, (), (5, 6, 3)),
 }
 
 
@@ -94,6 +104,25 @@ def test_rules_match_jax_at_batch_1_and_3(name):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Image-independent work is folded into constants: no node of the model computes weights.
     assert not [n for n in model.graph.node if n.op_type in ("Range", "ConstantOfShape")]
+
+
+def test_every_rule_is_reached_by_a_case(monkeypatch):
+    """The cases above run through every translation rule (a rule no case reaches could be
+    wrong, e.g. max pooling translated as AveragePool, and every test would still pass)."""
+    optional_module("onnx", "onnx")
+    from kdad_jax.serve import onnx_export
+    reached = set()
+
+    def recording(name, rule):
+        def rule_that_records(graph, eqn, inputs):
+            reached.add(name)
+            return rule(graph, eqn, inputs)
+        return rule_that_records
+    for name, rule in list(onnx_export._RULES.items()):
+        monkeypatch.setitem(onnx_export._RULES, name, recording(name, rule))
+    for function, arguments, shape in CASES.values():
+        onnx_export.to_onnx(function, arguments, shape)
+    assert sorted(set(onnx_export._RULES) - reached) == []
 
 
 REFUSED = {  # operations valid at batch 1 only, or without a rule: refused, naming what

@@ -356,7 +356,7 @@ _RULES: Dict[str, Callable] = {
     "not": _unary("Not"), "neg": _unary("Neg"), "abs": _unary("Abs"), "sqrt": _unary("Sqrt"),
     "exp": _unary("Exp"), "log": _unary("Log"), "tanh": _unary("Tanh"), "logistic": _unary("Sigmoid"),
     "sign": _unary("Sign"), "floor": _unary("Floor"), "ceil": _unary("Ceil"), "erf": _unary("Erf"),
-    "copy": _unary("Identity"), "copy_p": _unary("Identity"),
+    "copy": _unary("Identity"),
     "rsqrt": _rsqrt, "integer_pow": _integer_pow, "convert_element_type": _convert,
     "select_n": _select_n, "clamp": _clamp,
     "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "squeeze": _squeeze,
