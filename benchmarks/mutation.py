@@ -75,7 +75,10 @@ def runner(tests: list[str]) -> str:
 
 
 def mutmut(tree: str, *args: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": tree}  # the copy's kdad_jax, not the installed one
+    environment = {**os.environ, "PYTHONPATH": tree,  # the copy's kdad_jax, not the installed one
+                   # the real-data tests read the data beside this checkout, not beside the copy
+                   "KDAD_SHARED_DATA": os.environ.get(
+                       "KDAD_SHARED_DATA", os.path.join(os.path.dirname(PROJECT), "shared", "data"))}
     return subprocess.run([shutil.which("mutmut") or "mutmut", *args], cwd=tree, env=environment,
                           capture_output=True, text=True)
 
