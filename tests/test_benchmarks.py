@@ -94,7 +94,7 @@ def test_score_rules_rank_an_isolated_frame_pixel_below_a_defect_region():
 def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     """On a toy project whose test checks ``add`` but never ``clip``'s boundary: mutmut's mutant
     of ``a + b`` is killed, ``x < low`` → ``x <= low`` survives (clip(0) is 0 either way) and is
-    reported with its line and change; a second run reads the cache and runs nothing again."""
+    reported with its line and change; ``--report`` reads the same from mutmut's cache."""
     optional_module("mutmut", "mutation")
     project = tmp_path / "toy"
     (project / "pkg").mkdir(parents=True)

@@ -32,8 +32,8 @@ def batch_stats(x):
 
 def _corrected_mean(values):
     """``channel_mean`` m₀ plus the mean of x − m₀: those terms have mean ≈ 0, so their partial
-    sums stay near their spread instead of growing with n, and the correction is exact to
-    float32 rounding of the mean (one more pass; no step-time change measured on CPU)."""
+    sums stay near their spread instead of growing with n, and the corrected mean is the true
+    mean rounded to float32 (tests/test_models.py checks it against float64)."""
     first = channel_mean(values)
     return first + channel_mean(values - first)
 
