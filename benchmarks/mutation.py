@@ -90,13 +90,24 @@ def run_target(tree: str, path: str, tests: list[str]) -> None:
         raise SystemExit(f"mutation: {path}: mutmut failed: {(done.stdout + done.stderr)[-800:]}")
 
 
+def restore_interrupted(tree: str, paths: list[str]) -> None:
+    """An interrupted ``mutmut run`` leaves its current mutant in the file and the original beside
+    it as ``.bak``; the report reads each mutant's change against the original, so put it back."""
+    for path in paths:
+        original = os.path.join(tree, path + ".bak")
+        if os.path.exists(original):
+            os.replace(original, os.path.join(tree, path))
+
+
 def judged(tree: str) -> dict:
     """{file: [{"line", "status", "change"}]} for every mutant mutmut knows, from its JUnit XML
     report (its documented output): a failure is a survivor, an error a timeout, skipped not yet
     run; a mutant the tests failed on, quickly or slowly, is killed."""
     report = mutmut(tree, "junitxml", "--untested-policy", "skipped")
     if report.returncode != 0 or "<testsuites" not in report.stdout:
-        return {}
+        if not os.path.exists(os.path.join(tree, ".mutmut-cache")):
+            return {}
+        raise SystemExit(f"mutation: mutmut junitxml failed: {report.stderr.strip().splitlines()[-1:]}")
     by_file: dict = {}
     for case in ElementTree.fromstring(report.stdout).iter("testcase"):
         status, change = "killed", None
@@ -135,6 +146,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"mutation: --only: unknown target(s) {', '.join(unknown)}; "
                          f"known: {', '.join(targets)}")
     tree = os.path.join(args.workdir, "tree")
+    restore_interrupted(tree, [path for path, _ in targets.values()])
     if not args.report:
         if shutil.which("mutmut") is None:
             raise SystemExit("mutation: mutmut is not installed: pip install -e '.[mutation]'")

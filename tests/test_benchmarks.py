@@ -94,7 +94,8 @@ def test_score_rules_rank_an_isolated_frame_pixel_below_a_defect_region():
 def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     """On a toy project whose test checks ``add`` but never ``clip``'s boundary: mutmut's mutant
     of ``a + b`` is killed, ``x < low`` → ``x <= low`` survives (clip(0) is 0 either way) and is
-    reported with its line and change; ``--report`` reads the same from mutmut's cache."""
+    reported with its line and change; ``--report`` reads the same from mutmut's cache, also after
+    an interrupted run left a mutant in the file and the original beside it as ``.bak``."""
     optional_module("mutmut", "mutation")
     project = tmp_path / "toy"
     (project / "pkg").mkdir(parents=True)
@@ -119,6 +120,12 @@ def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     assert survivor["line"] == 6 and "+    if x <= low:" in survivor["change"]
     report = subprocess.run(command + ["--report"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert json.loads(report.stdout)["targets"]["toy"] == toy
+    copied = tmp_path / "work" / "tree" / "pkg" / "m.py"
+    copied.rename(copied.with_name("m.py.bak"))
+    copied.write_text(copied.with_name("m.py.bak").read_text().replace("x < low", "x <= low"))
+    interrupted = subprocess.run(command + ["--report"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert interrupted.returncode == 0, interrupted.stderr[-2000:]
+    assert json.loads(interrupted.stdout)["targets"]["toy"] == toy
     unknown = subprocess.run(command + ["--only", "nope"], cwd=PROJECT, capture_output=True, text=True)
     assert unknown.returncode != 0 and unknown.stderr.strip().splitlines() == [
         "mutation: --only: unknown target(s) nope; known: toy"]
