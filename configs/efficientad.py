@@ -6,7 +6,7 @@ Presets (the part after ':' in --config):
                   --config.data.root=/data/mvtec_ad --config.data.category=all
   m           EfficientAD-M, otherwise the paper settings.
   cpu         real data on a 2-core CPU: the shipped PDN-S teacher, 160² images, batch 1, 1500
-              steps at lr 1e-3 (x0.1 for the last 5 %) — README "Real data on a CPU" gives the
+              steps at lr 1e-3 (x0.1 for the last 5 %) — docs/results.md gives the
               time (about 13 minutes per category) and the scores on real MVTec bottle. Chosen on
               defects pasted into held-out bottle *training* images (kdad_jax/data/synthetic.py),
               never on a test split; there, with the shipped (step-900) teacher: 128² x 1000
@@ -31,6 +31,8 @@ import ml_collections
 
 from kdad_jax import config_files
 
+common = config_files.sibling(__file__, "_common")
+
 
 def _base():
     c = ml_collections.ConfigDict()
@@ -50,13 +52,7 @@ def _base():
     # distilled here from EfficientNet-Lite0), or '' = a frozen random-init teacher.
     c.teacher.checkpoint = ""
 
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
-    c.data.format = "mvtec"       # folder layout: mvtec (also users' own folders) | visa | loco
-    c.data.category = "all"       # one name, a comma-separated list, or 'all'
-    c.data.validation_fraction = 0.1  # held out of train/good for map quantiles
-    c.data.num_threads = 2        # grain read threads
-    c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
+    common.add_detector_data(c)
 
     c.penalty = ml_collections.ConfigDict()
     c.penalty.root = ""           # folder of pretraining (ImageNet) images; '' = scikit-image photos
@@ -79,26 +75,12 @@ def _base():
     c.train.log_every = 50
     c.train.color_jitter = 0.2    # factor U(1-j, 1+j) for the AE input
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 8
-    c.eval.num_heatmaps = 8       # overlay PNGs per category
-    c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
-    c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
-    # Metrics at each test image's own size, maps resized to it (as MVTec's evaluators and papers
-    # score); the cpu, demo and smoke presets score at image_size (faster; their README figures).
-    c.eval.original_size = True
-    # FPR limits of AU-PRO: `au_pro` at the first, `au_pro_at` at each (MVTec AD 2: (0.05,))
-    c.eval.fpr_limits = (0.3,)
-
-    c.export = ml_collections.ConfigDict()
-    c.export.format = "jax_export"  # --mode=export writes: jax_export (StableHLO, any JAX platform) | onnx
-    c.export.precision = "float32"  # ONNX only: float32 | float16 (GPUs) | int8 (CPU lines, calibrated on training images)
+    common.add_detector_eval(c, batch_size=8)
     return c
 
 
 def _apply_preset(c, preset):
-    if preset in ("demo", "cpu", "smoke"):
-        c.eval.original_size = False
+    common.score_short_presets_at_image_size(c, preset)
     if preset == "m":
         c.model.size = "m"
     elif preset == "demo":
@@ -121,10 +103,7 @@ def _apply_preset(c, preset):
     elif preset == "smoke":
         c.image_size = 64
         c.model.out_channels = 16
-        c.train.steps = 3
-        c.train.batch_size = 2
-        c.train.checkpoint_every = 2
-        c.train.log_every = 1
+        common.smoke_steps(c)
         c.eval.num_heatmaps = 2
     elif preset not in ("", "s"):
         raise ValueError(f"unknown preset {preset!r}: use s, m, cpu, demo or smoke")

@@ -22,6 +22,8 @@ import ml_collections
 
 from kdad_jax import config_files
 
+common = config_files.sibling(__file__, "_common")
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -48,13 +50,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.pretrain.flip_rotate = False  # random horizontal flip + k·90° rotation of each view
     c.pretrain.color_jitter = 0.0   # brightness, contrast or saturation by U(1-j, 1+j); 0 = off
 
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""
-    c.data.tfds_name = ""           # e.g. "imagenet2012" prepared as array_record (the 'tfds' extra)
-    c.data.tfds_split = "train"   # TFDS split to read
-    c.data.tfds_data_dir = ""       # '' = TFDS's default (~/tensorflow_datasets)
-    c.data.tfds_image_key = "image"  # TFDS feature that holds the image
-    c.data.include_skimage = True  # also use the photos scikit-image ships (offline)
+    common.add_pretraining_images(c)
     c.data.skimage_textures = True  # with them, its brick/grass/gravel (the embedded dataset's textures)
     c.data.holdout_every = 0        # every N-th image is held out of training (loss on unseen photos); 0 = none
     c.data.num_threads = 4
@@ -106,10 +102,7 @@ def _apply_preset(c, preset: str) -> None:
     elif preset == "smoke":
         c.image_size = 64
         c.model.out_channels = 16
-        c.train.steps = 3
-        c.train.batch_size = 2
-        c.train.checkpoint_every = 2
-        c.train.log_every = 1
+        common.smoke_steps(c)
         c.pretrain.stats_images = 4
         c.eval.batch_size = 2
     else:

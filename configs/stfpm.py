@@ -10,7 +10,7 @@ Presets (the part after ':' in --config):
           is the teacher, with a Lite0 student; the log and results.json say so.
   cpu     real data on a 2-core CPU (the same for configs/eca_mskdad.py, dskd.py, mixed.py): the
           offline Lite0 teacher, 128² images, batch 8, 40 epochs at lr 0.1 — about 5 minutes per
-          category of ~200 training images for STFPM (README: "Real data on a CPU"). Chosen on
+          category of ~200 training images for STFPM (docs/results.md). Chosen on
           defects pasted into held-out bottle *training* images (kdad_jax/data/synthetic.py):
           there 40 and 80 epochs scored the same (image AUROC 0.981 / 0.982), and 256² at 15
           epochs (the same time) was worse (0.793).
@@ -26,6 +26,7 @@ import ml_collections
 
 from kdad_jax import config_files
 
+common = config_files.sibling(__file__, "_common")
 METHOD = "stfpm"
 
 
@@ -71,13 +72,7 @@ def _base():
     c.map = ml_collections.ConfigDict()
     c.map.combine = "product"     # product | sum of the up-sampled layer maps
 
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""              # MVTec-layout root; '' = embedded dataset generated offline
-    c.data.format = "mvtec"       # folder layout: mvtec (also users' own folders) | visa | loco
-    c.data.category = "all"
-    c.data.validation_fraction = 0.1
-    c.data.num_threads = 2
-    c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
+    common.add_detector_data(c)
 
     c.train = ml_collections.ConfigDict()
     c.train.parallel_categories = 1  # categories trained at once as one program (vmap)
@@ -93,26 +88,12 @@ def _base():
     c.train.checkpoint_every = 500
     c.train.log_every = 20
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 16
-    c.eval.num_heatmaps = 8
-    c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
-    c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
-    # Metrics at each test image's own size, maps resized to it (as MVTec's evaluators and papers
-    # score); the cpu, demo and smoke presets score at image_size (faster; their README figures).
-    c.eval.original_size = True
-    # FPR limits of AU-PRO: `au_pro` at the first, `au_pro_at` at each (MVTec AD 2: (0.05,))
-    c.eval.fpr_limits = (0.3,)
-
-    c.export = ml_collections.ConfigDict()
-    c.export.format = "jax_export"  # --mode=export writes: jax_export (StableHLO, any JAX platform) | onnx
-    c.export.precision = "float32"  # ONNX only: float32 | float16 (GPUs) | int8 (CPU lines, calibrated on training images)
+    common.add_detector_eval(c, batch_size=16)
     return c
 
 
 def _apply_preset(c, preset):
-    if preset in ("demo", "cpu", "smoke"):
-        c.eval.original_size = False
+    common.score_short_presets_at_image_size(c, preset)
     if preset == "demo":
         c.data.category = "brick,gravel"
         c.train.batch_size = 8
@@ -128,11 +109,7 @@ def _apply_preset(c, preset):
         c.train.log_every = 20
     elif preset == "smoke":
         c.image_size = 64
-        c.train.epochs = 0
-        c.train.steps = 3
-        c.train.batch_size = 2
-        c.train.checkpoint_every = 2
-        c.train.log_every = 1
+        common.smoke_steps(c)
         c.eval.batch_size = 4
         c.eval.num_heatmaps = 2
     elif preset:

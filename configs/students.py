@@ -11,7 +11,7 @@ Presets (the part after ':' in --config):
   cpu     your real data on a 2-core CPU: the demo's settings (64², p = 17 and 33, crops, batch 4,
           8 epochs, lr 1e-3) on every category; random-init patch teachers unless
           config.teacher.checkpoint names distilled ones (on the demo, 60-step distilled teachers
-          did not beat them). README "Real data on a CPU" gives its time and scores on bottle.
+          did not beat them). README.md's table gives its time and scores on bottle.
   smoke   seconds, for tests.
 Without config.teacher.checkpoint the teachers are random-init (a warning says so).
 Options may follow after a comma: 'demo,category=brick'.
@@ -20,6 +20,8 @@ Options may follow after a comma: 'demo,category=brick'.
 import ml_collections
 
 from kdad_jax import config_files
+
+common = config_files.sibling(__file__, "_common")
 
 
 def _base():
@@ -38,13 +40,7 @@ def _base():
     c.students.dim = 128          # descriptor size D
     c.students.train_crop = 0     # output pixels per side of random training crops; 0 = whole image
 
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""
-    c.data.format = "mvtec"       # folder layout: mvtec (also users' own folders) | visa | loco
-    c.data.category = "all"
-    c.data.validation_fraction = 0.1  # held out of train/good: standardizes e and v
-    c.data.num_threads = 2
-    c.data.device_data_mb = 2048  # training images kept in device memory up to this size (0: host)
+    common.add_detector_data(c)
 
     c.train = ml_collections.ConfigDict()
     c.train.parallel_categories = 1  # categories trained at once as one program (vmap)
@@ -59,26 +55,12 @@ def _base():
     c.train.checkpoint_every = 1000
     c.train.log_every = 20
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 4
-    c.eval.num_heatmaps = 8
-    c.eval.threshold_percentile = 99.0  # test set without anomalies: threshold = this percentile of validation scores
-    c.eval.plots = True           # ROC / PRO curve PNG per category in W/plots/
-    # Metrics at each test image's own size, maps resized to it (as MVTec's evaluators and papers
-    # score); the cpu, demo and smoke presets score at image_size (faster; their README figures).
-    c.eval.original_size = True
-    # FPR limits of AU-PRO: `au_pro` at the first, `au_pro_at` at each (MVTec AD 2: (0.05,))
-    c.eval.fpr_limits = (0.3,)
-
-    c.export = ml_collections.ConfigDict()
-    c.export.format = "jax_export"  # --mode=export writes: jax_export (StableHLO, any JAX platform) | onnx
-    c.export.precision = "float32"  # ONNX only: float32 | float16 (GPUs) | int8 (CPU lines, calibrated on training images)
+    common.add_detector_eval(c, batch_size=4)
     return c
 
 
 def _apply_preset(c, preset):
-    if preset in ("demo", "cpu", "smoke"):
-        c.eval.original_size = False
+    common.score_short_presets_at_image_size(c, preset)
     if preset in ("demo", "cpu"):
         c.image_size = 64
         c.data.category = "brick,gravel"
@@ -98,11 +80,7 @@ def _apply_preset(c, preset):
         c.students.count = 2
         c.students.dim = 16
         c.students.train_crop = 8
-        c.train.epochs = 0
-        c.train.steps = 3
-        c.train.batch_size = 2
-        c.train.checkpoint_every = 2
-        c.train.log_every = 1
+        common.smoke_steps(c)
         c.eval.num_heatmaps = 2
     elif preset:
         raise ValueError(f"unknown preset {preset!r}: use cpu, demo or smoke")

@@ -17,6 +17,8 @@ import ml_collections
 
 from kdad_jax import config_files
 
+common = config_files.sibling(__file__, "_common")
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -41,13 +43,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.pretrain.stats_images = 0      # no target statistics: the decoder absorbs the scale
     c.pretrain.save_float16 = False  # write the teacher file in float16
 
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""
-    c.data.tfds_name = ""         # e.g. "imagenet2012" prepared as array_record (the 'tfds' extra)
-    c.data.tfds_split = "train"   # TFDS split to read
-    c.data.tfds_data_dir = ""     # '' = TFDS's default (~/tensorflow_datasets)
-    c.data.tfds_image_key = "image"  # TFDS feature that holds the image
-    c.data.include_skimage = True  # also use the photos scikit-image ships (offline)
+    common.add_pretraining_images(c)
     c.data.num_threads = 4
 
     c.train = ml_collections.ConfigDict()
@@ -87,9 +83,6 @@ def _apply_preset(c, preset: str) -> None:
         c.pretrain.patch_size = 17
         c.pretrain.dim = 16           # = configs/students.py:smoke
         c.pretrain.backbone_size = 32
-        c.train.steps = 3
-        c.train.batch_size = 4
-        c.train.checkpoint_every = 2
-        c.train.log_every = 1
+        common.smoke_steps(c, batch_size=4)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} (quick, kd_only, smoke; option p=17|33|65)")

@@ -145,6 +145,15 @@ def test_every_config_key_has_help(name):
     assert not bare, f"keys without help in {name}: {bare}"
 
 
+def test_help_follows_the_files_a_config_builds_on_and_its_own_wins(tmp_path):
+    """a.py builds on b.py, b.py names a.py back: each is read once, a's comment wins."""
+    from kdad_jax.report import describe
+    (tmp_path / "a.py").write_text('BASE = "b"\n    c.x = 1  # from a\n')
+    (tmp_path / "b.py").write_text('BACK = "a"\n    c.x = 2  # from b\n    c.y = 2  # b only\n')
+    (tmp_path / "c.py").write_text('    c.z = 3  # not named by a or b\n')
+    assert describe.help_from_sources(str(tmp_path / "a.py")) == {"x": "from a", "y": "b only"}
+
+
 def test_describe_prints_every_key_with_its_help():
     proc = _run_cli("--config=configs/eca_mskdad.py:demo", "--mode=describe")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -49,13 +49,28 @@ _ASSIGNMENT = re.compile(r"^    c\.([A-Za-z_][\w.]*)\s*=[^#]*(?:#\s*(.+?))?\s*$"
 _COMMENT = re.compile(r"^    #\s*(.+?)\s*$")
 
 
-def _bases(config_path: str):
+def _named_siblings(config_path: str):
     """Config files beside ``config_path`` that its source names ('stfpm.py' or "stfpm")."""
     folder = os.path.dirname(os.path.abspath(config_path))
     with open(config_path) as f:
         source = f.read()
     return [p for p in sorted(glob.glob(os.path.join(folder, "*.py")))
             if os.path.abspath(p) != os.path.abspath(config_path) and any(f'"{name}"' in source for name in (os.path.basename(p), os.path.basename(p)[:-3]))]
+
+
+def _bases(config_path: str):
+    """The files ``config_path`` builds on, and theirs (eca_mskdad.py → stfpm.py → _common.py),
+    the most basic first, so that a file's own help wins over what it builds on."""
+    order, seen, stack = [], set(), [(os.path.abspath(config_path), False)]
+    while stack:
+        path, expanded = stack.pop()
+        if expanded:
+            order.append(path)
+        elif path not in seen:  # two files naming each other are read once each
+            seen.add(path)
+            stack.append((path, True))
+            stack.extend((os.path.abspath(base), False) for base in _named_siblings(path))
+    return [p for p in order if p != os.path.abspath(config_path)]
 
 
 def _file_help(path: str) -> Dict[str, str]:
