@@ -24,6 +24,7 @@ process.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +47,9 @@ TARGETS = {
     "methods_base": ("kdad_jax/methods/base.py", ["tests/test_train.py", "tests/test_stacking.py"]),
     "onnx_export": ("kdad_jax/serve/onnx_export.py", ["tests/test_onnx.py"]),
 }
+
+EQUIVALENT = os.path.join(PROJECT, "benchmarks", "mutation_equivalent.json")
+
 
 def copy_tree(source: str, destination: str) -> None:
     """The tracked and untracked-but-not-ignored files of ``source`` into ``destination``, which
@@ -75,7 +79,14 @@ def runner(tests: list[str]) -> str:
 
 
 def mutmut(tree: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs mutmut in ``tree``. The mutants' test processes share JAX's persistent compilation
+    cache beside the tree: a mutant changes few of the programs a test file compiles, and the rest
+    load from the cache (test_efficientad.py: 30 s cold, 13 s warm); a changed program has a new
+    key, so a mutant never runs a stale compilation."""
     environment = {**os.environ, "PYTHONPATH": tree,  # the copy's kdad_jax, not the installed one
+                   "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(tree), "jax_cache"),
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
                    # the real-data tests read the data beside this checkout, not beside the copy
                    "KDAD_SHARED_DATA": os.environ.get(
                        "KDAD_SHARED_DATA", os.path.join(os.path.dirname(PROJECT), "shared", "data"))}
@@ -120,14 +131,54 @@ def judged(tree: str) -> dict:
     return by_file
 
 
-def summary(mutants: list[dict]) -> dict:
+def changed_lines(diff: str) -> tuple:
+    """(original line, mutated line), stripped, from a mutant's one-line unified diff."""
+    body = [line for line in (diff or "").splitlines() if not line.startswith(("---", "+++"))]
+    removed = [line[1:].strip() for line in body if line.startswith("-")]
+    added = [line[1:].strip() for line in body if line.startswith("+")]
+    return (removed[0] if removed else "", added[0] if added else "")
+
+
+def equivalence_reasons(path: str = EQUIVALENT) -> dict:
+    """{(file, original line, mutated line): reason} for survivors that change nothing a caller can
+    observe (each with its one-line reason), from ``benchmarks/mutation_equivalent.json``."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {(e["path"], e["from"], e["to"]): e["reason"] for e in json.load(f)}
+
+
+def summary(path: str, mutants: list[dict], reasons: dict) -> dict:
     counts = {status: sum(m["status"] == status for m in mutants)
               for status in ("killed", "survived", "timeout", "untested")}
     tried = len(mutants) - counts["untested"]
+    survivors = []
+    for m in mutants:
+        if m["status"] in ("survived", "timeout"):
+            before, after = changed_lines(m["change"])
+            survivors.append({"line": m["line"], "status": m["status"], "from": before, "to": after,
+                              "equivalent": reasons.get((path, before, after))})
+    explained = sum(s["equivalent"] is not None for s in survivors)
     return {"tried": tried, **counts,
             "kill_rate": round(counts["killed"] / tried, 4) if tried else None,
-            "survivors": [{"line": m["line"], "change": m["change"]}
-                          for m in mutants if m["status"] in ("survived", "timeout")]}
+            "equivalent": explained, "unexplained_survivors": len(survivors) - explained,
+            "survivors": survivors}
+
+
+def sources_digest(project: str, path: str, tests: list[str]) -> str:
+    """sha256 over the mutated file and its tests: a recorded result holds while this is unchanged."""
+    digest = hashlib.sha256()
+    for name in [path, *tests]:
+        with open(os.path.join(project, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+def recorded(path: str) -> dict:
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("targets", {})
 
 
 def main(argv=None) -> None:
@@ -138,6 +189,11 @@ def main(argv=None) -> None:
     parser.add_argument("--project", default=PROJECT, help="a git checkout to mutate (default: this one)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=PATH:TEST[,TEST]",
                         help="mutate PATH against TEST files instead of the built-in targets")
+    parser.add_argument("--record", default="", metavar="FILE",
+                        help="keep each finished target's result in FILE (JSON); a target whose "
+                             "file and tests are unchanged since it was recorded is not run again")
+    parser.add_argument("--equivalent", default=EQUIVALENT, metavar="FILE",
+                        help="survivors' one-line equivalence reasons (JSON list of path/from/to/reason)")
     args = parser.parse_args(argv)
     targets = dict(parse_target(spec) for spec in args.target) or TARGETS
     names = [n for n in args.only.split(",") if n] or list(targets)
@@ -145,6 +201,9 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"mutation: --only: unknown target(s) {', '.join(unknown)}; "
                          f"known: {', '.join(targets)}")
+    kept = recorded(args.record)
+    digests = {name: sources_digest(args.project, *targets[name]) for name in names}
+    current = {name for name in names if kept.get(name, {}).get("sources_sha256") == digests[name]}
     tree = os.path.join(args.workdir, "tree")
     restore_interrupted(tree, [path for path, _ in targets.values()])
     if not args.report:
@@ -153,11 +212,30 @@ def main(argv=None) -> None:
         os.makedirs(tree, exist_ok=True)
         copy_tree(args.project, tree)
         for name in names:
-            run_target(tree, *targets[name])
-    by_file = judged(tree)
-    print(json.dumps({"workdir": args.workdir, "targets": {
-        name: {"path": targets[name][0], "tests": targets[name][1],
-               **summary(by_file.get(targets[name][0], []))} for name in names}}, indent=1))
+            if name not in current:
+                run_target(tree, *targets[name])
+    by_file = judged(tree) if set(names) - current else {}
+    reasons = equivalence_reasons(args.equivalent)
+    results = {}
+    for name in names:
+        path, tests = targets[name]
+        if name in current and not by_file.get(path):
+            results[name] = kept[name]
+            continue
+        results[name] = {"path": path, "tests": tests, "sources_sha256": digests[name],
+                         **summary(path, by_file.get(path, []), reasons)}
+    if args.record and not args.report:
+        finished = {n: r for n, r in results.items() if r["tried"] and not r["untested"]}
+        write_json(args.record, {"targets": {**kept, **finished}})
+    print(json.dumps({"workdir": args.workdir, "targets": results}, indent=1))
+
+
+def write_json(path: str, value: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

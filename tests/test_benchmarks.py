@@ -2,6 +2,7 @@
 projections follow from its own measurements."""
 
 import json
+import shutil
 import math
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     assert (toy["tried"], toy["killed"], toy["survived"], toy["untested"]) == (3, 2, 1, 0), toy
     assert toy["kill_rate"] == pytest.approx(2 / 3, abs=1e-4)
     (survivor,) = toy["survivors"]
-    assert survivor["line"] == 6 and "+    if x <= low:" in survivor["change"]
+    assert (survivor["line"], survivor["from"], survivor["to"]) == (6, "if x < low:", "if x <= low:")
+    assert (survivor["equivalent"], toy["unexplained_survivors"]) == (None, 1)
     report = subprocess.run(command + ["--report"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert json.loads(report.stdout)["targets"]["toy"] == toy
     copied = tmp_path / "work" / "tree" / "pkg" / "m.py"
@@ -126,6 +128,26 @@ def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     interrupted = subprocess.run(command + ["--report"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert interrupted.returncode == 0, interrupted.stderr[-2000:]
     assert json.loads(interrupted.stdout)["targets"]["toy"] == toy
+    reasons = tmp_path / "equivalent.json"
+    reasons.write_text(json.dumps([{"path": "pkg/m.py", "from": "if x < low:", "to": "if x <= low:",
+                                    "reason": "clip(low) is low either way"}]))
+    record = tmp_path / "record.json"
+    explained = subprocess.run(command + ["--equivalent", str(reasons), "--record", str(record)],
+                               cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    toy = json.loads(explained.stdout)["targets"]["toy"]
+    assert (toy["equivalent"], toy["unexplained_survivors"]) == (1, 0)
+    assert toy["survivors"][0]["equivalent"] == "clip(low) is low either way"
+    assert json.loads(record.read_text())["targets"]["toy"] == toy
+    # recorded and unchanged: not run again, the record is printed even without mutmut's cache
+    shutil.rmtree(tmp_path / "work")
+    again = subprocess.run(command + ["--equivalent", str(reasons), "--record", str(record)],
+                           cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert json.loads(again.stdout)["targets"]["toy"] == toy
+    (project / "tests" / "test_m.py").write_text(
+        (project / "tests" / "test_m.py").read_text() + "\n\ndef test_clip_at_low():\n    assert clip(0) == 0\n")
+    changed = subprocess.run(command + ["--record", str(record)], cwd=PROJECT, capture_output=True,
+                             text=True, timeout=600)  # the tests changed: run again
+    assert json.loads(changed.stdout)["targets"]["toy"]["sources_sha256"] != toy["sources_sha256"]
     unknown = subprocess.run(command + ["--only", "nope"], cwd=PROJECT, capture_output=True, text=True)
     assert unknown.returncode != 0 and unknown.stderr.strip().splitlines() == [
         "mutation: --only: unknown target(s) nope; known: toy"]

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
-from kdad_jax import metrics
+from kdad_jax import evaluate, metrics
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -14,6 +14,42 @@ def test_auroc_matches_sklearn_with_ties(seed):
     labels = rng.integers(0, 2, 500)
     scores = np.round(rng.normal(size=500) + labels * 0.7, 1)  # rounding makes many ties
     assert metrics.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_roc_curve_equals_sklearns_when_a_good_image_scores_highest():
+    """The curve starts at (0, 0) even when the top threshold admits only negatives (a good
+    image scoring highest): the first segment then runs along the FPR axis."""
+    labels = np.array([0, 1, 1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.8, 0.5, 0.3, 0.3, 0.1])
+    fpr, tpr = metrics.roc_curve(scores, labels)
+    want_fpr, want_tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want_fpr, atol=1e-15)
+    np.testing.assert_allclose(tpr, want_tpr, atol=1e-15)
+    assert metrics.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_pooled_of_no_arrays_is_empty():
+    """An empty sequence of maps pools to no elements (not one zero, which would be a score)."""
+    assert metrics.pooled([], np.float64).shape == (0,)
+    assert metrics.pooled([np.ones((2, 3)), np.zeros(4)]).tolist() == [1.0] * 6 + [0.0] * 4
+
+
+def test_every_reported_metric_key_holds_its_metric():
+    """``METRIC_KEYS`` names what a run reports: on a case that defines every metric, each key
+    holds the value scikit-learn (AUROC) or our checked functions give, none is missing."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 8, 8), bool)
+    masks[3:, 2:5, 2:5] = True
+    maps = rng.random((6, 8, 8)) + masks
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    result = evaluate.compute_metrics(maps, labels, masks)
+    assert list(metrics.METRIC_KEYS) == ["image_auroc", "pixel_auroc", "au_pro", "image_f1_max", "pixel_f1_max"]
+    want = {"image_auroc": roc_auc_score(labels, maps.max(axis=(1, 2))),
+            "pixel_auroc": roc_auc_score(masks.ravel(), maps.ravel()),
+            "au_pro": metrics.au_pro(maps, masks),
+            "image_f1_max": metrics.f1_max(maps.max(axis=(1, 2)), labels)[0],
+            "pixel_f1_max": metrics.f1_max(maps, masks)[0]}
+    assert {k: result[k] for k in metrics.METRIC_KEYS} == pytest.approx(want, abs=1e-12)
 
 
 def test_auroc_single_class_is_none():
@@ -32,6 +68,25 @@ def test_f1_max_matches_sklearn_curve(seed):
     predicted = scores >= threshold
     tp = np.sum(predicted & (labels == 1))
     assert best == pytest.approx(2 * tp / (predicted.sum() + labels.sum()), abs=1e-12)
+
+
+def test_f1_max_when_the_best_threshold_has_low_precision_and_recall():
+    """A good image scores highest and the last anomalous images score lowest: the best F1 (the
+    top 8 hold 4 of the 10 anomalies: 4/9) is at a threshold where precision + recall = 0.9, the first
+    threshold admits no anomaly (F1 0, not undefined), and recall divides by every anomaly."""
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1] + [0] * 86 + [1] * 6)
+    scores = np.linspace(1.0, 0.0, len(labels))
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-300)
+    best, threshold = metrics.f1_max(scores, labels)
+    assert best == pytest.approx(4 / 9, abs=1e-12) and best == pytest.approx(f1.max(), abs=1e-12)
+    assert threshold == scores[7]
+
+
+def test_au_pro_is_undefined_without_a_region_or_without_a_normal_pixel():
+    maps = np.random.default_rng(0).random((2, 6, 6))
+    assert metrics.pro_curve(maps, np.zeros((2, 6, 6), bool)) is None  # no defect region
+    assert metrics.au_pro(maps, np.ones((2, 6, 6), bool)) is None  # no normal pixel: no FPR
 
 
 def test_au_pro_one_region_fully_found():

@@ -56,6 +56,31 @@ def test_hand_computed_case():
     assert metrics.au_spro(maps, [(0, region, 1.5)], 0.5) == pytest.approx(1 / 1.5)
 
 
+def test_spro_is_capped_at_one_against_rounding():
+    """Nine pixels of 1/9 each sum to 1 + 2e-16 in floating point; a region's sPRO is min(·, 1),
+    so the curve ends at exactly 1 (a mean sPRO above 1 would lift every area)."""
+    maps = np.zeros((1, 6, 6))
+    region = np.zeros((6, 6), bool)
+    region[:3, :3] = True
+    maps[0][region] = np.linspace(1.0, 0.9, 9)
+    _, spro = metrics.spro_curve(maps, [(0, region, 9.0)])
+    assert spro.max() == 1.0 and spro[-1] == 1.0
+
+
+def test_au_spro_defaults_to_locos_first_limit():
+    """Without a limit, AU-sPRO is integrated to FPR 0.05 (the first of LOCO's limits, what the
+    results table shows), as the literal implementation gives it."""
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, 8, 8))
+    region = np.zeros((8, 8), bool)
+    region[2:5, 2:6] = True
+    maps[0][region] += 0.2
+    regions = [(0, region, 12.0)]
+    assert metrics.SPRO_FPR_LIMITS[0] == 0.05
+    assert metrics.au_spro(maps, regions) == pytest.approx(slow_au_spro(maps, regions, 0.05), abs=1e-12)
+    assert metrics.au_spro(maps, regions) != pytest.approx(metrics.au_spro(maps, regions, 0.3), abs=1e-3)
+
+
 def test_saturation_area_is_the_evaluators():
     assert metrics.saturation_area(7, 0.5, relative=True) == 3      # int(3.5)
     assert metrics.saturation_area(100, 6300, relative=False) == 100  # capped by the area
