@@ -6,8 +6,8 @@ config, steps, final loss, sha256 — is recorded in the ``.json`` beside it. Th
 
 ``pdn_s_efficientnet_lite0_8000``: the same recipe run to its full 8 000 steps (the one above
 stopped at 900); closer to Lite0 on ``benchmarks/teacher_quality.py``. Not the presets' default:
-on the ``:cpu`` preset's tuning set it localized better but detected worse (README, note 4 of
-"Teachers: conversion and pretraining").
+on the ``:cpu`` preset's tuning set it localized better but detected worse (docs/teachers.md,
+"Which shipped teacher").
 """
 
 import json
