@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-from kdad_jax import checkpoint, parallel, stacking, train  # noqa: E402
+from kdad_jax.training import checkpoint, parallel, stacking, train  # noqa: E402
 from kdad_jax.kernels import compilation  # noqa: E402
 from kdad_jax.data import pipeline, resident  # noqa: E402
 from kdad_jax.methods import get_method  # noqa: E402

@@ -114,7 +114,7 @@ def onnx_case(size, batch, image_size, repeats):
 
     import numpy as np
 
-    from kdad_jax import parallel
+    from kdad_jax.training import parallel
     from kdad_jax.serve import onnx_export, precision
 
     setup, stats = _setup_and_stats(size, batch, image_size)

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kdad_jax import checkpoint, parallel, train  # noqa: E402
+from kdad_jax.training import checkpoint, parallel, train  # noqa: E402
 from kdad_jax.config_files import load as load_config_file  # noqa: E402
 from kdad_jax.data import pipeline, resident  # noqa: E402
 from kdad_jax.methods import get_method  # noqa: E402

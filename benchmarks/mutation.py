@@ -2,20 +2,25 @@
 time, and whether the tests that cover that code catch each one.
 
     python benchmarks/mutation.py [--workdir DIR] [--only metrics,efficientad] [--report]
+        [--record benchmarks/mutation_results.json]
 
 Targets (module: the tests run against each of its mutants) are ``TARGETS`` below: the metrics,
 every method and the ONNX translator. For each, mutmut 2 (``pip install -e '.[mutation]'``) writes
 one mutant at a time into a copy of the tracked tree under ``--workdir`` (default
 ``~/.cache/kdad_jax/mutation``), runs the target's tests in a fresh process and records whether
 they fail (killed), pass (survived) or run past mutmut's timeout. Results are kept in the copy's
-``.mutmut-cache``: an interrupted run resumes where it stopped, and a mutant already judged against
-unchanged code and tests is not run again. The copy is refreshed from the working tree on every
-run; ``--report`` only reads the cache.
+``.mutmut-cache``: an interrupted run resumes where it stopped, a killed mutant stays killed, and
+a survivor is tried again once the tests change. The copy is refreshed from the working tree on
+every run; ``--report`` only reads the cache.
 
 Prints one JSON object: per target the mutants tried, killed, survived and timed out, the kill
-rate, and each survivor's line and change (a unified diff), so that every survivor gets a test or
-a reason it is equivalent. It takes hours on 2 cores (every mutant is a pytest process that
-imports JAX): run it per target with ``--only`` across sessions.
+rate, and each survivor's line, original and mutated line, and its equivalence reason when
+``benchmarks/mutation_equivalent.json`` gives one (a survivor that changes nothing a caller can
+observe); every other survivor needs a test. ``--record FILE`` keeps each finished target's
+result with a sha256 of its file and tests, and skips a target whose digest is unchanged: a
+workdir need not outlive a session, the record is committed. It takes hours on 2 cores (every
+mutant is a pytest process that imports JAX; the processes share JAX's compilation cache): run it
+per target with ``--only``.
 
 Why mutmut 2 and not 3: mutmut 3 runs each mutant's tests in a ``fork`` of a process that has
 already imported the code under test, and a process that has used JAX cannot be forked safely
@@ -35,7 +40,7 @@ import xml.etree.ElementTree as ElementTree
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TARGETS = {
-    "metrics": ("kdad_jax/metrics.py", ["tests/test_metrics.py", "tests/test_spro.py"]),
+    "metrics": ("kdad_jax/evaluation/metrics.py", ["tests/test_metrics.py", "tests/test_spro.py"]),
     "efficientad": ("kdad_jax/methods/efficientad.py", ["tests/test_efficientad.py"]),
     "stfpm": ("kdad_jax/methods/stfpm.py", ["tests/test_stfpm.py"]),
     "dskd": ("kdad_jax/methods/dskd.py", ["tests/test_dskd_mixed.py"]),

@@ -4,7 +4,7 @@
         --root=/tmp/tune --category=screw
 
 Loads the run's checkpoint, computes its test maps [M, S, S] once and prints JSON: for each rule
-the image AUROC, and where the good images' maps peak (``kdad_jax.evaluate.border_maxima``:
+the image AUROC, and where the good images' maps peak (``kdad_jax.evaluation.evaluate.border_maxima``:
 fraction in the border band beside the band's share of the pixels). Rules:
 
   max              the map's maximum (what every method scores today)
@@ -59,7 +59,9 @@ def main() -> None:
                         help="a config key that changes only the maps (e.g. model.map_border=edge)")
     args = parser.parse_args()
 
-    from kdad_jax import config_files, evaluate, metrics, train
+    from kdad_jax import config_files
+    from kdad_jax.evaluation import evaluate, metrics
+    from kdad_jax.training import train
     from kdad_jax.data import dataset
     from kdad_jax.methods import get_method
 

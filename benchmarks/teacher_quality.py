@@ -43,7 +43,7 @@ def nearest_neighbour_aurocs(train_features, test_features, labels, masks, bank_
     max-over-positions NN distance, pixel AUROC of the NN-distance maps up-sampled to S²)."""
     import jax
     import jax.numpy as jnp
-    from kdad_jax import metrics
+    from kdad_jax.evaluation import metrics
     from kdad_jax.methods.efficientad import resize_maps
     bank = train_features.reshape(-1, train_features.shape[-1]).astype(np.float32)
     mean, std = bank.mean(0), bank.std(0) + 1e-6
@@ -76,7 +76,7 @@ def _batched(fn, images, batch: int = 8):
 def pdn_extractor(path: str, image_size: int, seed: int = 0):
     """images [B, S, S, 3] in [0, 1] -> unpadded PDN-S features [B, h, w, 384]; '' = random init."""
     import jax
-    from kdad_jax import checkpoint
+    from kdad_jax.teachers import params_file
     from kdad_jax.kernels import compilation
     from kdad_jax.teachers import shipped
     from kdad_jax.methods.base import imagenet_normalize
@@ -85,7 +85,7 @@ def pdn_extractor(path: str, image_size: int, seed: int = 0):
     dummy = np.zeros((1, image_size, image_size, 3), np.float32)
     variables = jax.jit(pdn.init)(jax.random.key(seed), dummy)
     if path:
-        variables = checkpoint.load_params(shipped.resolve(path), variables)
+        variables = params_file.load_params(shipped.resolve(path), variables)
     return compilation.jit(lambda x: pdn.apply(variables, imagenet_normalize(x))), variables
 
 
@@ -124,7 +124,7 @@ def heldout_losses(pdn_variables: dict, photos: str, batch: int = 8) -> dict:
     once from the training photos' centre views, as the pretraining job computes them."""
     from kdad_jax import config_files
     from kdad_jax.kernels import compilation
-    from kdad_jax.teachers import pretrain
+    from kdad_jax.jobs import pretrain
     from kdad_jax.methods import get_method
     config = config_files.load(os.path.join(PROJECT, "configs", "efficientad_teacher.py")).get_config("ship")
     config.data.root = photos

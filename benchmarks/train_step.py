@@ -26,7 +26,7 @@ def jax_case(size, batch, image_size, repeats):
     import jax
     import jax.numpy as jnp
 
-    from kdad_jax import parallel, train
+    from kdad_jax.training import parallel, train
 
     setup = common.jax_setup(size, batch, image_size)
     mesh = parallel.make_mesh()

@@ -1,8 +1,8 @@
-"""kdad_jax entry point: flags, one-line errors, one call into ``kdad_jax.run`` (or predict).
+"""kdad_jax entry point: flags, one-line errors, one call into ``kdad_jax.jobs.run`` (or predict).
 
     python -m kdad_jax.main --config=configs/efficientad.py:demo --workdir=/tmp/run [--mode=train|eval]
 
-The logic lives in importable modules (``kdad_jax.run.run`` can be called from a notebook).
+The logic lives in importable modules (``kdad_jax.jobs.run.run`` can be called from a notebook).
 """
 
 import sys
@@ -10,11 +10,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kdad_jax import parallel
+from kdad_jax.training import parallel
 from kdad_jax.errors import UserError, disk_error_line, one_line
 from kdad_jax.report import describe
-from kdad_jax.run import run
-from kdad_jax.serve import predict
+from kdad_jax.jobs.run import run
+from kdad_jax.jobs import predict
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/efficientad.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")

@@ -119,10 +119,11 @@ def assert_metrics_from_checkpoint(config, workdir, category, result):
     ``result``."""
     from sklearn.metrics import roc_auc_score
 
-    from kdad_jax import evaluate, train
+    from kdad_jax.evaluation import evaluate
+    from kdad_jax.training import train
     from kdad_jax.data import dataset
     from kdad_jax.methods import get_method
-    from kdad_jax.run import resolve_dataset
+    from kdad_jax.jobs.run import resolve_dataset
 
     root, _ = resolve_dataset(config, str(workdir))
     data = dataset.read_category(config.data.format, root, category, config.image_size)

@@ -29,7 +29,8 @@ import numpy as np
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT)
 
-from kdad_jax import config_files, parallel, train  # noqa: E402
+from kdad_jax import config_files  # noqa: E402
+from kdad_jax.training import parallel, train
 from kdad_jax.data import penalty as penalty_data  # noqa: E402
 from kdad_jax.data import pipeline  # noqa: E402
 from kdad_jax.methods import get_method  # noqa: E402

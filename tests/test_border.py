@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from kdad_jax import config_files, evaluate, train
+from kdad_jax import config_files
+from kdad_jax.evaluation import evaluate
+from kdad_jax.training import train
 from kdad_jax import main as kdad_main
 from kdad_jax.data import dataset
 from kdad_jax.methods import get_method

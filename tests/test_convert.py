@@ -198,8 +198,8 @@ def test_convert_cli_writes_a_teacher_the_loader_reads(tmp_path, capsys):
     torch.save(_small_state(), src)
     assert convert.main(["--arch", "pdn_s", "--src", str(src), "--dst", str(dst)]) == 0
     abstract = jax.eval_shape(PDN("s", 384).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    from kdad_jax import checkpoint
-    params = checkpoint.load_params(str(dst), abstract)
+    from kdad_jax.teachers import params_file
+    params = params_file.load_params(str(dst), abstract)
     np.testing.assert_allclose(params["params"]["Conv_0"]["kernel"],
                                _small_state()["0.weight"].numpy().transpose(2, 3, 1, 0))
     assert convert.main(["--arch", "resnet18", "--src", str(src), "--dst", str(dst)]) == 2

@@ -190,13 +190,13 @@ def test_config_presets():
 
 
 def test_teacher_checkpoint_is_loaded_frozen(tmp_path):
-    from kdad_jax import checkpoint
+    from kdad_jax.teachers import params_file
     from kdad_jax.errors import UserError
     config = _small_config()
     method = get_method(config)
     frozen, _ = method.load_frozen(jax.random.key(7))
     path = str(tmp_path / "teacher.msgpack")
-    checkpoint.save_params(path, frozen["teacher"])
+    params_file.save_params(path, frozen["teacher"])
     config.teacher.checkpoint = path
     loaded, description = get_method(config).load_frozen(jax.random.key(0))
     assert description == path
@@ -223,7 +223,7 @@ def test_bfloat16_convolutions_keep_float32_parameters_and_close_maps():
     optimizer state it returns stay float32, and the maps of the same weights stay within bf16's
     rounding of the float32 maps (and differ from them: bf16 really ran)."""
     import optax
-    from kdad_jax import parallel, train
+    from kdad_jax.training import parallel, train
     from kdad_jax.kernels import compilation
     config = _small_config()
     f32 = get_method(config)

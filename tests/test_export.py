@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdad_jax import evaluate, train
+from kdad_jax.evaluation import evaluate
+from kdad_jax.training import train
 from kdad_jax import main as kdad_main
 from kdad_jax.data import dataset
 from kdad_jax.methods import get_method
@@ -145,7 +146,7 @@ def test_predict_writes_scores_and_overlays(tiny_tree, tmp_path):
     assert len(list(out.glob("*.png"))) == len(rows) == len(list((out / "maps").glob("*.npy")))
     results = json.load(open(workdir / "results.json"))
     image_auroc = results["per_category"]["widget"]["image_auroc"]
-    from kdad_jax import metrics
+    from kdad_jax.evaluation import metrics
     by_path = {r["path"]: float(r["score"]) for r in rows}
     assert metrics.auroc(np.array([by_path[p] for p in data.test_paths]), data.test_labels) == image_auroc
     missing = subprocess.run([sys.executable, "-m", "kdad_jax.main", *flags, "--mode=predict",
@@ -159,7 +160,7 @@ def test_reduced_precision_onnx_exports_say_what_they_change(tiny_tree, tmp_path
     written with a parity report that puts their test metrics beside float32's (the training
     code's maps); deploy runs them."""
     import onnx
-    from kdad_jax import metrics
+    from kdad_jax.evaluation import metrics
     workdir = str(tmp_path / "run")
     config = efficientad_config.get_config("smoke")
     config.data.root, config.eval.num_heatmaps = tiny_tree, 0

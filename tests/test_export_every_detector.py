@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from jax import export as jax_export
 
-from kdad_jax import evaluate, train
+from kdad_jax.evaluation import evaluate
+from kdad_jax.training import train
 from kdad_jax import main as kdad_main
 from kdad_jax.config_files import load as load_config_file
 from kdad_jax.data import dataset

@@ -23,9 +23,10 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from kdad_jax import checkpoint, parallel, validate
+from kdad_jax.training import checkpoint, parallel
+from kdad_jax.jobs import validate
 from kdad_jax.serve import deploy
-from kdad_jax.serve import predict
+from kdad_jax.jobs import predict
 from kdad_jax import main as kdad_main
 from kdad_jax.config_files import load as load_config_file
 from kdad_jax.data import dataset
@@ -575,7 +576,7 @@ def test_an_npz_with_pickled_objects_is_refused(tmp_path):
 
 _HOLD_LOCK = """
 import sys, time
-from kdad_jax.workdir import locked
+from kdad_jax.training.workdir import locked
 with locked(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)

@@ -70,7 +70,7 @@ def test_train_resume_and_eval(tiny_tree, tmp_path):
 
 def _saved_state(config, workdir):
     """The newest train state saved in ``workdir`` for the category ``widget``."""
-    from kdad_jax import train
+    from kdad_jax.training import train
     from kdad_jax.methods import get_method
     method = get_method(config)
     mesh, frozen, _, rng, mngr = train._open_category(config, workdir, "widget", method)

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
-from kdad_jax import evaluate, metrics
+from kdad_jax.evaluation import evaluate, metrics
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -209,7 +209,7 @@ def test_au_pro_regions_are_eight_connected():
 def test_border_maxima_counts_good_images_peaking_in_the_frame_band():
     """32² maps, band 2 px: good images peaking at a corner, on an edge's inner band row, just
     inside the band and at the centre; an anomalous image peaking at a corner is not counted."""
-    from kdad_jax import evaluate
+    from kdad_jax.evaluation import evaluate
     maps = np.zeros((5, 32, 32))
     for n, (y, x) in enumerate([(0, 0), (16, 30), (2, 2), (16, 16), (31, 31)]):
         maps[n, y, x] = 1.0

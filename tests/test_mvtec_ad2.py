@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdad_jax import evaluate, metrics, train
+from kdad_jax.evaluation import evaluate, metrics
+from kdad_jax.training import train
 from kdad_jax import main as kdad_main
 from kdad_jax.data import dataset
 from kdad_jax.errors import UserError

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kdad_jax import evaluate, train
+from kdad_jax.evaluation import evaluate
+from kdad_jax.training import train
 from kdad_jax import main as kdad_main
 from kdad_jax.data import dataset
 from kdad_jax.methods import get_method
@@ -221,7 +222,7 @@ def test_onnx_export_of_a_trained_run_matches_in_process_maps(tiny_tree, tmp_pat
 
 
 def test_onnx_format_checks():
-    from kdad_jax import validate
+    from kdad_jax.jobs import validate
     config = efficientad_config.get_config("smoke")
     config.export.format = "tflite"
     assert "config.export.format='tflite': must be one of 'jax_export', 'onnx'" in validate.problems(config)

@@ -73,10 +73,52 @@ def test_no_module_imports_one_that_imports_it_back():
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
+def folder_of(module: str) -> str:
+    """The folder a module lives in (``training``, ``data``, ...), or the module itself at the
+    package root (``kdad_jax.main``)."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()):
+        return parts[1]
+    return module
+
+
+def folder_graph(graph: dict) -> dict:
+    folders = {}
+    for module, imported in graph.items():
+        here = folder_of(module)
+        folders.setdefault(here, set()).update(folder_of(m) for m in imported if folder_of(m) != here)
+    return folders
+
+
+def test_folder_of_a_module():
+    assert folder_of("kdad_jax.training.train") == "training"
+    assert folder_of("kdad_jax.data") == "data"
+    assert folder_of("kdad_jax.main") == "kdad_jax.main"
+    assert folder_graph({"kdad_jax.data.a": {"kdad_jax.data.b", "kdad_jax.errors"},
+                         "kdad_jax.data.b": set()}) == {"data": {"kdad_jax.errors"}}
+
+
+def test_no_folder_imports_one_that_imports_it_back():
+    folders = folder_graph(import_graph())
+    assert {"training", "evaluation", "jobs", "methods", "data", "report", "serve"} <= set(folders)
+    assert _cycle(folders) is None, " -> ".join(_cycle(folders))
+
+
+def test_the_training_core_imports_neither_reports_nor_jobs():
+    folders = folder_graph(import_graph())
+    assert not folders["training"] & {"report", "jobs", "serve", "evaluation"}, folders["training"]
+
+
+def test_the_package_root_holds_six_modules_at_most():
+    """main, config helpers, errors, atomic file writes and the two documented aliases."""
+    modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(modules) <= 6, modules
+
+
 def test_main_is_flags_errors_and_one_call():
-    assert import_graph()["kdad_jax.main"] <= {"kdad_jax.errors", "kdad_jax.parallel", "kdad_jax.run",
-                                                "kdad_jax.report.describe", "kdad_jax.serve.predict",
-                                                "kdad_jax.report", "kdad_jax.serve"}
+    assert import_graph()["kdad_jax.main"] <= {"kdad_jax.errors", "kdad_jax.training.parallel", "kdad_jax.jobs.run",
+                                                "kdad_jax.report.describe", "kdad_jax.jobs.predict",
+                                                "kdad_jax.report", "kdad_jax.jobs", "kdad_jax.training"}
     assert len((PACKAGE / "main.py").read_text().splitlines()) < 100
 
 

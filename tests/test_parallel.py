@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from kdad_jax import parallel
+from kdad_jax.training import parallel
 from kdad_jax.data import pipeline
 from kdad_jax.errors import UserError
 from tests.conftest import PROJECT

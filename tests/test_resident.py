@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kdad_jax import train
+from kdad_jax.training import train
 from kdad_jax.config_files import load as load_config_file
 from kdad_jax.data import augment, dataset, penalty as penalty_data, pipeline, resident
 from kdad_jax.methods import get_method

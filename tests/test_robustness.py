@@ -31,9 +31,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdad_jax import evaluate
+from kdad_jax.evaluation import evaluate
 from kdad_jax import main as kdad_main
-from kdad_jax import train
+from kdad_jax.training import train
 from kdad_jax.config_files import load as load_config_file
 from kdad_jax.data import dataset
 from kdad_jax.data import images as image_io

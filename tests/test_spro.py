@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kdad_jax import evaluate, metrics
+from kdad_jax.evaluation import evaluate, metrics
 from kdad_jax.data import dataset, loco
 from kdad_jax.errors import UserError
 from tests.test_layouts import LOCO_DEFECTS, build_loco
@@ -82,10 +82,10 @@ def test_au_spro_defaults_to_locos_first_limit():
 
 
 def test_saturation_area_is_the_evaluators():
-    assert metrics.saturation_area(7, 0.5, relative=True) == 3      # int(3.5)
-    assert metrics.saturation_area(100, 6300, relative=False) == 100  # capped by the area
-    assert metrics.saturation_area(100, 5, relative=False) == 5
-    assert metrics.saturation_area(1, 0.5, relative=True) == 1      # ours: never zero
+    assert loco.saturation_area(7, 0.5, relative=True) == 3      # int(3.5)
+    assert loco.saturation_area(100, 6300, relative=False) == 100  # capped by the area
+    assert loco.saturation_area(100, 5, relative=False) == 5
+    assert loco.saturation_area(1, 0.5, relative=True) == 1      # ours: never zero
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -75,7 +75,7 @@ import json, sys
 sys.path.insert(0, {str(PROJECT / 'configs')!r})
 import jax, efficientad
 from kdad_jax import main
-from kdad_jax import stacking
+from kdad_jax.training import stacking
 assert jax.device_count() == 2 and stacking.group_mesh(2).shape["model"] == 2
 c = efficientad.get_config("smoke")
 c.data.root, c.train.steps, c.train.parallel_categories = {root!r}, 4, 2

@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from kdad_jax import checkpoint, parallel, train
+from kdad_jax.training import parallel, train
+
+from kdad_jax.teachers import params_file
 from kdad_jax.teachers import convert
 from kdad_jax import main as kdad_main
 from kdad_jax.data import device_augment
@@ -316,7 +318,7 @@ def test_stfpm_smoke_run_with_converted_resnet18_teacher(tiny_tree, tmp_path):
     teacher_file = str(tmp_path / "resnet18.msgpack")
     variables = jax.jit(resnet.ResNet("resnet18", ("layer1", "layer2", "layer3", "layer4")).init)(
         jax.random.key(5), jnp.zeros((1, 64, 64, 3)))
-    checkpoint.save_params(teacher_file, variables)
+    params_file.save_params(teacher_file, variables)
     config = stfpm_config.get_config("smoke")
     config.data.root = tiny_tree
     config.teacher.checkpoint = teacher_file

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdad_jax import train
+from kdad_jax.training import train
 from tests.test_efficientad import efficientad_config
 
 

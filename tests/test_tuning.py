@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from kdad_jax import train
-from kdad_jax.teachers import pretrain
+from kdad_jax.training import train
+from kdad_jax.jobs import pretrain
 from kdad_jax.data import augment, dataset, synthetic
 from kdad_jax.errors import UserError
 from tests.conftest import build_tree, part_on_plain_background

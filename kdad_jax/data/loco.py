@@ -7,7 +7,7 @@ and ``ground_truth/<defect>/<image stem>/*.png``: a folder of one or more masks 
 anomaly type (good vs logical, good vs structural), as the LOCO paper does. The pixel metrics are
 MVTec AD's on the united masks plus LOCO's own, AU-sPRO: each mask file is one region whose
 pixel value names its defect type in ``<category>/defects_config.json``, with the saturation
-threshold of that type (``metrics.spro_curve``).
+threshold of that type (``kdad_jax.evaluation.metrics.spro_curve``).
 """
 
 import json
@@ -18,7 +18,6 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
-from kdad_jax import metrics
 from kdad_jax.data import images as image_io
 from kdad_jax.data import mvtec
 from kdad_jax.data.records import Layout, Region
@@ -101,6 +100,14 @@ def read_regions(mask_paths, size: Optional[int], defect_types: Dict[int, Defect
             Image.fromarray(original.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
         if not resized.any():
             continue
-        saturation = metrics.saturation_area(int(original.sum()), kind.saturation_threshold, kind.relative)
+        saturation = saturation_area(int(original.sum()), kind.saturation_threshold, kind.relative)
         regions.append(Region(resized, kind.name, saturation * resized.sum() / original.sum()))
     return regions
+
+
+def saturation_area(defect_area: int, threshold: float, relative: bool) -> float:
+    """Pixels at which a region's sPRO saturates (the evaluator's rule): ``threshold`` × area
+    (truncated) when relative, else min(threshold, area). Ours: at least one pixel (the evaluator
+    divides by zero for a relative threshold on a region smaller than 1 / threshold)."""
+    area = int(threshold * defect_area) if relative else min(threshold, defect_area)
+    return float(max(area, 1))

@@ -1,2 +1,2 @@
 """What a run leaves for people: ``tables`` (results tables, curve plots), ``visualize`` (heat
-maps), ``logs`` (metrics.jsonl, TensorBoard, environment), ``describe`` (the resolved config)."""
+maps), ``html`` (W/report.html), ``describe`` (the resolved config)."""

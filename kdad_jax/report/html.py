@@ -21,7 +21,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from kdad_jax import files, metrics
+from kdad_jax import files
+from kdad_jax.evaluation import metrics
 from kdad_jax.report import tables, visualize
 
 REPORT_FILE = "report.html"

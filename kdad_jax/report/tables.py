@@ -8,9 +8,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from kdad_jax import files, metrics
+from kdad_jax import files
+from kdad_jax.evaluation import metrics
 from kdad_jax.report import escape
-from kdad_jax.metrics import METRIC_KEYS
+from kdad_jax.evaluation.metrics import METRIC_KEYS
 
 # LOCO's two anomaly types: AU-sPRO at FPR ≤ 0.05 (its paper's headline) and image AUROC
 # and MVTec AD 2's SegF1

@@ -1,11 +1,13 @@
 """Heat-map overlay pictures (PIL only): image | heat-map overlay | ground truth."""
 
 import os
+from typing import List
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from kdad_jax import files
+from kdad_jax.data.dataset import Category
 
 MIN_SIDE = 256  # pixels: panels of smaller images are enlarged (nearest) to this height
 
@@ -51,3 +53,24 @@ def captioned(columns, title: str) -> Image.Image:
     canvas.paste(panel, (0, 16))
     ImageDraw.Draw(canvas).text((2, 2), title, fill=(0, 0, 0))
     return canvas
+
+
+def color_range(maps: np.ndarray) -> List[float]:
+    """The fixed colour scale of a category's heat maps: 1st to 99.9th percentile of its maps."""
+    return [float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))]
+
+
+def write_heatmaps(folder: str, data: Category, maps: np.ndarray, count: int) -> List[str]:
+    """Overlays for ``count`` test images spread over good and defective ones; fixed colour scale."""
+    if count <= 0:
+        return []
+    picks = np.unique(np.linspace(0, len(maps) - 1, min(count, len(maps))).round().astype(int))
+    vmin, vmax = color_range(maps)
+    paths = []
+    for i in picks:
+        name = f"{data.test_defects[i]}_{os.path.splitext(os.path.basename(data.test_paths[i]))[0]}.png"
+        path = os.path.join(folder, data.name, name)
+        title = f"{data.test_defects[i]}  score {maps[i].max():.3f}"
+        save_panel(path, data.test[i], maps[i], data.test_masks[i], vmin, vmax, title)
+        paths.append(path)
+    return paths

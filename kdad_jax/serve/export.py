@@ -31,7 +31,8 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
-from kdad_jax import files, parallel
+from kdad_jax import files
+from kdad_jax.training import parallel
 from kdad_jax.errors import UserError
 from kdad_jax.serve.deploy import (FUNCTION_FILE, JAX_FORMAT, META_FILE,  # the reader owns the layout
                                    ONNX_FILE, ONNX_FORMAT, WEIGHTS_FILE)

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from kdad_jax import evaluate, metrics
+from kdad_jax.evaluation import evaluate, metrics
 from kdad_jax.serve import deploy
 
 # Largest |exported − in-process| map difference allowed, as a fraction of the in-process maps'

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from kdad_jax import checkpoint
+from kdad_jax.teachers import params_file
 from kdad_jax.teachers import convert
 from kdad_jax.errors import UserError
 from kdad_jax.models import efficientnet, resnet
@@ -82,6 +82,6 @@ def load(name: str, taps: Sequence[str], path: str = "") -> Backbone:
     if path.endswith(_RAW_SUFFIXES):
         variables = convert.convert_file(path, name)
     else:
-        variables = checkpoint.load_params(path, convert.abstract_variables(name))
+        variables = params_file.load_params(path, convert.abstract_variables(name))
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     return Backbone(name, module, variables, os.path.abspath(path), sha256(path))

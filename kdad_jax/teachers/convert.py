@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdad_jax import checkpoint
+from kdad_jax.teachers import params_file
 from kdad_jax.errors import UserError
 from kdad_jax.models import efficientnet, resnet
 from kdad_jax.models.pdn import PDN
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    checkpoint.save_params(args.dst, variables)
+    params_file.save_params(args.dst, variables)
     count = sum(v.size for v in jax.tree_util.tree_leaves(variables))
     print(f"{args.arch}: {count:,} values from {args.src} -> {args.dst}")
     return 0

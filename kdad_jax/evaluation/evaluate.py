@@ -1,19 +1,16 @@
-"""Maps for the test images -> metrics (with the reason when one is undefined), decision
-thresholds and heat-map pictures. Tables and curve plots are in ``report/tables.py``."""
+"""Maps for the test images -> metrics (with the reason when one is undefined) and decision
+thresholds. Tables, curve plots and heat-map pictures are in ``report/``."""
 
-import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
 
-from kdad_jax import metrics
-from kdad_jax.kernels import compilation
-from kdad_jax.data.dataset import Category
 from kdad_jax.errors import UserError
+from kdad_jax.evaluation import metrics
+from kdad_jax.evaluation.metrics import METRIC_KEYS  # noqa: F401 - re-exported: run.py and tests read it here
+from kdad_jax.kernels import compilation
 from kdad_jax.methods.base import Method
-from kdad_jax.metrics import METRIC_KEYS  # noqa: F401 - re-exported: run.py and tests read it here
-from kdad_jax.report import visualize
 
 
 def predict_maps(method: Method, params, model_state, frozen, stats, images: np.ndarray,
@@ -231,24 +228,3 @@ def decision_thresholds(result: dict, validation_scores: Callable[[], np.ndarray
         pixel, pixel_rule = image, "the image threshold (no pixel ground truth to fit one)"
     return {"image_threshold": image, "image_rule": image_rule,
             "pixel_threshold": pixel, "pixel_rule": pixel_rule}
-
-
-def color_range(maps: np.ndarray) -> List[float]:
-    """The fixed colour scale of a category's heat maps: 1st to 99.9th percentile of its maps."""
-    return [float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))]
-
-
-def write_heatmaps(folder: str, data: Category, maps: np.ndarray, count: int) -> List[str]:
-    """Overlays for ``count`` test images spread over good and defective ones; fixed colour scale."""
-    if count <= 0:
-        return []
-    picks = np.unique(np.linspace(0, len(maps) - 1, min(count, len(maps))).round().astype(int))
-    vmin, vmax = color_range(maps)
-    paths = []
-    for i in picks:
-        name = f"{data.test_defects[i]}_{os.path.splitext(os.path.basename(data.test_paths[i]))[0]}.png"
-        path = os.path.join(folder, data.name, name)
-        title = f"{data.test_defects[i]}  score {maps[i].max():.3f}"
-        visualize.save_panel(path, data.test[i], maps[i], data.test_masks[i], vmin, vmax, title)
-        paths.append(path)
-    return paths

@@ -1,4 +1,4 @@
-"""Checkpoints: Orbax manager for the training state; single-file params for teachers.
+"""Checkpoints: the Orbax manager for the training state (teacher files: ``teachers/params_file.py``).
 
 Restore order (as MaxText documents it): the run's own newest *readable* checkpoint in
 ``<workdir>/checkpoints/<category>``, else a fresh start. A step folder that cannot be read
@@ -19,12 +19,10 @@ import sys
 import time
 from typing import Any, Optional, Tuple
 
-import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kdad_jax import files
 from kdad_jax.errors import PROCESS_INDEX_ENV, UserError, warn
 
 _NO_STATS = "no_stats"  # stands in for a method's empty stats dict in a checkpoint
@@ -200,29 +198,3 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int, error: BaseException) -> 
     then = f"resuming from step {max(older)} instead" if older else "no older checkpoint: starting over"
     warn(f"{source}: unreadable checkpoint ({type(error).__name__}: {_first_line(error)}); "
          f"moved to {target}; {then}")
-
-
-def save_params(path: str, params: Any) -> None:
-    """Write a params pytree to one msgpack file (teacher weights, converted checkpoints)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    files.write_bytes(path, flax.serialization.msgpack_serialize(jax.device_get(params)))
-
-
-def load_params(path: str, abstract: Any) -> Any:
-    """Params from a msgpack file or an Orbax directory, checked against ``abstract`` shapes."""
-    if not os.path.exists(path):
-        raise UserError(f"{path}: teacher checkpoint not found")
-    if os.path.isdir(path):
-        restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
-    else:
-        try:
-            with open(path, "rb") as f:
-                restored = flax.serialization.msgpack_restore(f.read())
-        except Exception as e:  # msgpack raises several unrelated types on corrupt input
-            raise UserError(f"{path}: not a msgpack params file ({type(e).__name__})") from None
-    expected = jax.tree_util.tree_map(lambda a: a.shape, abstract)
-    got = jax.tree_util.tree_map(lambda a: np.shape(a), restored)
-    if expected != got:
-        raise UserError(f"{path}: parameter shapes do not match the configured teacher "
-                        f"(check config.model.size / out_channels)")
-    return jax.tree_util.tree_map(lambda a, b: np.asarray(a, b.dtype), restored, abstract)

@@ -20,8 +20,8 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from kdad_jax import checkpoint, parallel, stacking
-from kdad_jax.report import logs as logs_module
+from kdad_jax.training import checkpoint, parallel, stacking
+from kdad_jax.training import logs as logs_module
 from kdad_jax.data import penalty as penalty_data
 from kdad_jax.data import pipeline, resident
 from kdad_jax.errors import TrainingDiverged, UserError

@@ -2,7 +2,7 @@
 
 ``run(config, workdir, mode)`` is what ``python -m kdad_jax.main`` calls; it can be called from a
 notebook as well. Teacher-pretraining configs (``task = 'pretrain_teacher'``) go to
-``kdad_jax.teachers.pretrain``.
+``kdad_jax.jobs.pretrain``.
 """
 
 import functools
@@ -10,16 +10,19 @@ import json
 import os
 import time
 
-from kdad_jax import evaluate, files, metrics, parallel, train, validate
-from kdad_jax import workdir as workdir_module
+from kdad_jax import files
 from kdad_jax.data import dataset, embedded
 from kdad_jax.errors import UserError
+from kdad_jax.evaluation import evaluate, metrics
+from kdad_jax.jobs import predict, pretrain, validate
 from kdad_jax.methods import get_method
 from kdad_jax.report import html as html_report
-from kdad_jax.report import logs
 from kdad_jax.report import tables as report
-from kdad_jax.serve import export, parity, predict
-from kdad_jax.teachers import backbones, pretrain, shipped
+from kdad_jax.report import visualize
+from kdad_jax.serve import export, parity
+from kdad_jax.teachers import backbones, shipped
+from kdad_jax.training import logs, parallel, train
+from kdad_jax.training import workdir as workdir_module
 
 
 def resolve_dataset(config, workdir: str):
@@ -83,9 +86,9 @@ def evaluate_category(config, workdir: str, method, data, trained, writer: bool)
         return result, maps
     for line in report.unavailable_lines(data.name, result):
         print(f"note: {line}", flush=True)
-    evaluate.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
+    visualize.write_heatmaps(os.path.join(workdir, "heatmaps"), data, maps, config.eval.num_heatmaps)
     html_report.write_gallery(os.path.join(workdir, "report", data.name), data, maps,
-                              result["thresholds"]["image_threshold"], evaluate.color_range(maps))
+                              result["thresholds"]["image_threshold"], visualize.color_range(maps))
     if config.eval.plots:
         report.plot_curves(os.path.join(workdir, "plots", f"{data.name}.png"), data.name, scored_maps,
                            data.test_labels, scored_masks, result)

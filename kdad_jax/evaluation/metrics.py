@@ -176,11 +176,3 @@ def spro_curve(maps: np.ndarray, regions: Sequence[Tuple[int, np.ndarray, float]
 def au_spro(maps, regions, fpr_limit: float = 0.05) -> Optional[float]:
     """Area under the mean-sPRO curve for FPR ≤ ``fpr_limit``, divided by ``fpr_limit``."""
     return normalized_area(spro_curve(maps, regions), fpr_limit)
-
-
-def saturation_area(defect_area: int, threshold: float, relative: bool) -> float:
-    """Pixels at which a region's sPRO saturates (the evaluator's rule): ``threshold`` × area
-    (truncated) when relative, else min(threshold, area). Ours: at least one pixel (the evaluator
-    divides by zero for a relative threshold on a region smaller than 1 / threshold)."""
-    area = int(threshold * defect_area) if relative else min(threshold, defect_area)
-    return float(max(area, 1))

@@ -24,15 +24,18 @@ import jax
 import numpy as np
 from PIL import Image
 
-from kdad_jax import checkpoint, files, parallel, train
-from kdad_jax.report import logs
+from kdad_jax.training import checkpoint, parallel, train
+
+from kdad_jax.teachers import params_file
+from kdad_jax import files
+from kdad_jax.training import logs
 from kdad_jax.teachers import backbones
 from kdad_jax.data import augment, pipeline
 from kdad_jax.data import images as image_io
 from kdad_jax.data import penalty as photo_sources
 from kdad_jax.errors import UserError
 from kdad_jax.methods import get_method
-from kdad_jax.workdir import make as make_folder
+from kdad_jax.training.workdir import make as make_folder
 
 
 class _TfdsSource:
@@ -226,7 +229,7 @@ def _write_teacher(config, method, workdir, state, stats, description, seconds) 
     params = state.params
     if method.info.get("export_key"):
         params = {"params": params["params"][method.info["export_key"]]}
-    checkpoint.save_params(path, jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), params))
+    params_file.save_params(path, jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), params))
     if stats:
         with files.replacing(os.path.join(workdir, f"{name}_target_stats.npz"), "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in stats.items()})

@@ -22,11 +22,14 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from kdad_jax import evaluate, files, train, validate
-from kdad_jax.report import escape, visualize
+from kdad_jax import files
 from kdad_jax.data import images as image_io
 from kdad_jax.errors import UserError, warn
-from kdad_jax.workdir import make as make_folder
+from kdad_jax.evaluation import evaluate
+from kdad_jax.jobs import validate
+from kdad_jax.report import escape, visualize
+from kdad_jax.training import train
+from kdad_jax.training.workdir import make as make_folder
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -59,7 +62,7 @@ def save_thresholds(workdir: str, category: str, thresholds: dict, maps: np.ndar
     except ValueError as e:
         warn(f"{e}; rebuilding it (other categories' thresholds return when they are evaluated)")
         table = {}
-    table[category] = {**thresholds, "color_range": evaluate.color_range(maps),
+    table[category] = {**thresholds, "color_range": visualize.color_range(maps),
                        "train_steps": train_steps}
     files.write_text(path, json.dumps(table, indent=2))
 
@@ -203,7 +206,7 @@ def run(config, workdir: str, inputs: str, output: str, threshold: Optional[floa
     if images is not None:
         maps = evaluate.predict_maps(method, trained.params, trained.model_state, trained.frozen,
                                      trained.stats, images, config.eval.batch_size)
-        color_range = saved.get("color_range") or evaluate.color_range(maps)
+        color_range = saved.get("color_range") or visualize.color_range(maps)
         rows += _write_outputs(output, paths, images, maps, threshold, color_range,
                                saved.get("pixel_threshold"), save_maps)
     with files.replacing(os.path.join(output, "scores.csv"), "w", newline="") as f:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from kdad_jax import checkpoint, parallel
+from kdad_jax.training import checkpoint, parallel
 from kdad_jax.kernels import compilation
 from kdad_jax.data import resident
 
