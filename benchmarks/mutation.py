@@ -29,10 +29,12 @@ process.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -104,6 +106,49 @@ def run_target(tree: str, path: str, tests: list[str]) -> None:
                   "--tests-dir", "tests", "--no-progress")
     if done.returncode & 1:  # bit 0: a fatal error (e.g. the tests fail without a mutant)
         raise SystemExit(f"mutation: {path}: mutmut failed: {(done.stdout + done.stderr)[-800:]}")
+
+
+def export_cache(tree: str, path: str) -> None:
+    """mutmut's verdicts as JSON: per mutated file its lines as they were judged and each mutant's
+    (line number, index, status, tests hash). A later session seeds a fresh workdir from it; mutmut
+    maps the old lines onto the file as it is then (a diff), so a killed mutant on a line that did
+    not change stays killed, a survivor is tried again once the tests changed, and only mutants of
+    changed lines are new."""
+    database = os.path.join(tree, ".mutmut-cache")
+    if not os.path.exists(database):
+        return
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        files = {}
+        for file_id, name, digest in db.execute("SELECT id, filename, hash FROM SourceFile ORDER BY filename"):
+            lines = [text for text, in db.execute(
+                "SELECT line FROM Line WHERE sourcefile = ? ORDER BY line_number", (file_id,))]
+            mutants = [list(row) for row in db.execute(
+                'SELECT l.line_number, m."index", m.status, m.tested_against_hash FROM Mutant m '
+                "JOIN Line l ON m.line = l.id WHERE l.sourcefile = ? ORDER BY l.line_number, m.\"index\"",
+                (file_id,))]
+            files[name] = {"hash": digest, "lines": lines, "mutants": mutants}
+    write_json(path, {"mutmut_cache_version": 4, "files": files})
+
+
+def seed_cache(tree: str, path: str) -> None:
+    """A fresh workdir's mutmut cache filled from ``export_cache``'s JSON (nothing when the
+    workdir already has a cache or there is no JSON)."""
+    database = os.path.join(tree, ".mutmut-cache")
+    if os.path.exists(database) or not path or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    mutmut(tree, "results")  # mutmut creates its tables (and its version row) in the tree
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        for name, entry in saved["files"].items():
+            file_id = db.execute("INSERT INTO SourceFile (filename, hash) VALUES (?, ?)",
+                                 (name, entry["hash"])).lastrowid
+            line_ids = [db.execute("INSERT INTO Line (sourcefile, line, line_number) VALUES (?, ?, ?)",
+                                   (file_id, text, number)).lastrowid
+                        for number, text in enumerate(entry["lines"])]
+            db.executemany('INSERT INTO Mutant (line, "index", status, tested_against_hash) VALUES (?, ?, ?, ?)',
+                           [(line_ids[number], index, status, tests_hash or "")
+                            for number, index, status, tests_hash in entry["mutants"]])
 
 
 def restore_interrupted(tree: str, paths: list[str]) -> None:
@@ -197,6 +242,9 @@ def main(argv=None) -> None:
     parser.add_argument("--record", default="", metavar="FILE",
                         help="keep each finished target's result in FILE (JSON); a target whose "
                              "file and tests are unchanged since it was recorded is not run again")
+    parser.add_argument("--cache", default="", metavar="FILE",
+                        help="mutmut's verdicts as JSON: seeds a fresh workdir, written after a run "
+                             "(so a later session re-judges only mutants of changed lines)")
     parser.add_argument("--equivalent", default=EQUIVALENT, metavar="FILE",
                         help="survivors' one-line equivalence reasons (JSON list of path/from/to/reason)")
     args = parser.parse_args(argv)
@@ -216,9 +264,12 @@ def main(argv=None) -> None:
             raise SystemExit("mutation: mutmut is not installed: pip install -e '.[mutation]'")
         os.makedirs(tree, exist_ok=True)
         copy_tree(args.project, tree)
+        seed_cache(tree, args.cache)
         for name in names:
             if name not in current:
                 run_target(tree, *targets[name])
+                if args.cache:
+                    export_cache(tree, args.cache)
     by_file = judged(tree) if set(names) - current else {}
     reasons = equivalence_reasons(args.equivalent)
     results = {}

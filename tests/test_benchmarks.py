@@ -151,3 +151,42 @@ def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     unknown = subprocess.run(command + ["--only", "nope"], cwd=PROJECT, capture_output=True, text=True)
     assert unknown.returncode != 0 and unknown.stderr.strip().splitlines() == [
         "mutation: --only: unknown target(s) nope; known: toy"]
+
+
+def test_mutation_cache_carries_verdicts_to_a_fresh_workdir(tmp_path):
+    """Verdicts exported with ``--cache`` seed a fresh workdir: after a line is inserted above
+    the mutated code, only the new line's mutants are run (each test run appends to a log); the
+    two killed mutants of the shifted lines keep their verdict."""
+    optional_module("mutmut", "mutation")
+    project = tmp_path / "toy"
+    (project / "pkg").mkdir(parents=True)
+    (project / "tests").mkdir()
+    (project / "pkg" / "__init__.py").write_text("")
+    (project / "tests" / "__init__.py").write_text("")
+    source = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+    (project / "pkg" / "m.py").write_text(source)
+    log = tmp_path / "runs.log"
+    (project / "tests" / "test_m.py").write_text(
+        f"from pkg.m import *\n\n\ndef test_all():\n    open({str(log)!r}, 'a').write('run\\n')\n"
+        "    assert add(2, 3) == 5 and sub(2, 3) == -1\n")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    cache = tmp_path / "cache.json"
+
+    def run(workdir):
+        proc = subprocess.run([sys.executable, "benchmarks/mutation.py", "--project", str(project),
+                               "--workdir", str(tmp_path / workdir), "--cache", str(cache),
+                               "--target", "toy=pkg/m.py:tests/test_m.py"],
+                              cwd=PROJECT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)["targets"]["toy"]
+
+    first = run("a")
+    assert (first["tried"], first["killed"]) == (2, 2)
+    assert json.loads(cache.read_text())["files"]["pkg/m.py"]["mutants"]
+    (project / "pkg" / "m.py").write_text("SCALE = 1\n\n\n" + source)  # new, unused: 2 survivors
+    log.write_text("")
+    second = run("b")
+    assert (second["tried"], second["killed"], second["survived"], second["untested"]) == (4, 2, 2, 0)
+    # mutmut's baseline run and the two new mutants; the two old verdicts came from the cache
+    assert log.read_text().count("run") == 3
