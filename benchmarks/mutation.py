@@ -127,7 +127,11 @@ def export_cache(tree: str, path: str) -> None:
                 "JOIN Line l ON m.line = l.id WHERE l.sourcefile = ? ORDER BY l.line_number, m.\"index\"",
                 (file_id,))]
             files[name] = {"hash": digest, "lines": lines, "mutants": mutants}
-    write_json(path, {"mutmut_cache_version": 4, "files": files})
+    kept = {}
+    if os.path.exists(path):  # files this workdir never saw keep their verdicts
+        with open(path, encoding="utf-8") as f:
+            kept = json.load(f)["files"]
+    write_json(path, {"mutmut_cache_version": 4, "files": {**kept, **files}})
 
 
 def seed_cache(tree: str, path: str) -> None:
