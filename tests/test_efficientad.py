@@ -23,6 +23,24 @@ def test_hard_feature_loss_equals_numpy():
         d[d >= np.quantile(d, 0.5)].mean(), rel=1e-5)
 
 
+def test_hard_feature_loss_keeps_elements_equal_to_the_quantile():
+    """The reference's ``distance[distance >= quantile].mean()``: on 0..1000 the 0.999 quantile
+    is the element 999 itself (kept with 1000), the 1.0 quantile the maximum alone; the default
+    is the paper's p_hard = 0.999."""
+    d = jnp.arange(1001.0)
+    assert float(efficientad.hard_feature_loss(d, 0.999)) == 999.5
+    assert float(efficientad.hard_feature_loss(d, 1.0)) == 1000.0
+    assert float(efficientad.hard_feature_loss(d)) == 999.5
+
+
+def test_resize_maps_refuses_an_unknown_border():
+    maps = jnp.ones((1, 4, 4))
+    for border in ("zeros", "edge"):
+        assert efficientad.resize_maps(maps, (32, 32), border).shape == (1, 32, 32)
+    with pytest.raises(ValueError, match="map border 'reflect'"):
+        efficientad.resize_maps(maps, (32, 32), "reflect")
+
+
 def test_hard_feature_loss_gradient_only_through_selected_elements():
     d = jnp.arange(1000.0)
     grad = jax.grad(lambda x: efficientad.hard_feature_loss(x, 0.99))(d)

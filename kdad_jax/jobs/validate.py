@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Tuple
 from kdad_jax.config_files import flatten
 from kdad_jax.data.dataset import FORMATS
 from kdad_jax.errors import UserError
+from kdad_jax.methods.efficientad import MAP_BORDERS
 from kdad_jax.serve.export import FORMATS as EXPORT_FORMATS
 from kdad_jax.serve.precision import PRECISIONS as EXPORT_PRECISIONS
 
@@ -69,7 +70,7 @@ _RULES = {
     "eval.num_heatmaps": _int_at_least(0),
     "eval.threshold_percentile": _number_in(0, 100),
     "model.size": _one_of("s", "m"),
-    "model.map_border": _one_of("zeros", "edge"),
+    "model.map_border": _one_of(*MAP_BORDERS),
     "model.out_channels": _int_at_least(1),
     "loss.hard_quantile": _number_in(0, 1),
     "penalty.grayscale_prob": _number_in(0, 1),

@@ -65,6 +65,8 @@ def resize_maps(maps, image_hw, border: str = "zeros"):
     frame never holds a value the map does not (a normalized map is negative where the image
     looks more normal than the quantile ``q_a``: there the zero frame becomes the image score).
     """
+    if border not in MAP_BORDERS:
+        raise ValueError(f"map border {border!r}: use one of {', '.join(MAP_BORDERS)}")
     pad_h = max(0, (image_hw[0] // 4 - maps.shape[1]) // 2)
     pad_w = max(0, (image_hw[1] // 4 - maps.shape[2]) // 2)
     maps = jnp.pad(maps, ((0, 0), (pad_h, pad_h), (pad_w, pad_w)),
