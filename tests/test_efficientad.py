@@ -67,6 +67,21 @@ def test_resize_maps_pads_to_quarter_then_upsamples_as_the_reference():
     np.testing.assert_allclose(out, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("map_hw,image_hw,pad", [((6, 8), (32, 48), (1, 2)), ((8, 8), (32, 32), (0, 0)),
+                                                 ((10, 12), (32, 48), (0, 0))])
+def test_resize_maps_pads_each_side_by_its_own_quarter(map_hw, image_hw, pad):
+    """Height and width are padded separately, (H/4 − h)/2 and (W/4 − w)/2, never below zero
+    (a map that already fills a quarter of the image is not padded), then upsampled as torch's
+    bilinear F.interpolate does."""
+    from tests.conftest import optional_module
+    torch = optional_module("torch", "convert")
+    maps = np.random.default_rng(2).normal(size=(1, *map_hw)).astype(np.float32)
+    out = np.asarray(efficientad.resize_maps(jnp.asarray(maps), image_hw))
+    padded = torch.nn.functional.pad(torch.from_numpy(maps)[:, None], (pad[1], pad[1], pad[0], pad[0]))
+    reference = torch.nn.functional.interpolate(padded, image_hw, mode="bilinear")[:, 0].numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+
+
 def test_edge_border_keeps_the_frame_within_the_maps_values():
     """A map below zero everywhere (an image more normal than quantile q_a): the reference's zero
     frame becomes its maximum; ``border='edge'`` (ours) repeats the outermost values, so a
