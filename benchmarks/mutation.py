@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -81,8 +82,13 @@ def parse_target(spec: str) -> tuple:
 
 
 def runner(tests: list[str]) -> str:
-    """The test command for one mutant: stop at the first failure, no cache writes."""
-    return f"{sys.executable} -m pytest -x -q -p no:cacheprovider " + " ".join(tests)
+    """The test command for one mutant: stop at the first failure, no cache writes. mutmut 2 reads
+    only exit status 1 as "the tests failed"; pytest exits 2 when a mutant cannot even be imported
+    (a mutation that is a syntax error), which mutmut would count as a survivor, so every failing
+    status becomes 1."""
+    arguments = ["-x", "-q", "-p", "no:cacheprovider", *tests]
+    code = f"import sys, pytest; sys.exit(1 if pytest.main({arguments!r}) else 0)"
+    return shlex.join([sys.executable, "-c", code])
 
 
 def mutmut(tree: str, *args: str) -> subprocess.CompletedProcess:

@@ -190,3 +190,25 @@ def test_mutation_cache_carries_verdicts_to_a_fresh_workdir(tmp_path):
     assert (second["tried"], second["killed"], second["survived"], second["untested"]) == (4, 2, 2, 0)
     # mutmut's baseline run and the two new mutants; the two old verdicts came from the cache
     assert log.read_text().count("run") == 3
+
+
+def test_a_mutant_that_cannot_be_imported_is_killed(tmp_path):
+    """mutmut turns ``(0, *t)`` into ``(0, /t)``, a syntax error: pytest exits 2 (collection
+    error), which mutmut 2 alone would count as the tests passing; the runner makes it a kill."""
+    optional_module("mutmut", "mutation")
+    project = tmp_path / "toy"
+    (project / "pkg").mkdir(parents=True)
+    (project / "tests").mkdir()
+    (project / "pkg" / "__init__.py").write_text("")
+    (project / "tests" / "__init__.py").write_text("")
+    (project / "pkg" / "m.py").write_text("def prepend_zero(t):\n    return (0, *t)\n")
+    (project / "tests" / "test_m.py").write_text(
+        "from pkg.m import prepend_zero\n\n\ndef test_prepend_zero():\n    assert prepend_zero((1,)) == (0, 1)\n")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    proc = subprocess.run([sys.executable, "benchmarks/mutation.py", "--project", str(project),
+                           "--workdir", str(tmp_path / "work"), "--target", "toy=pkg/m.py:tests/test_m.py"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    toy = json.loads(proc.stdout)["targets"]["toy"]
+    assert (toy["tried"], toy["killed"], toy["survived"]) == (2, 2, 0), toy
