@@ -166,6 +166,34 @@ def test_fit_stats_calibrates_on_given_images():
     assert np.quantile(norm_local, 0.9) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_map_border_and_compute_dtype_follow_the_config_and_default_to_the_reference():
+    """``model.map_border`` reaches the maps: with 'edge' the frame repeats the outermost values
+    (the frame's values all occur in the map), with 'zeros' or a config without the key it is the
+    reference's zeros; without ``train.compute_dtype`` convolutions stay float32 (None)."""
+    config = _small_config()
+    method = get_method(config)
+    frozen, _ = method.load_frozen(jax.random.key(0))
+    params, model_state = method.init(jax.random.key(1), frozen)
+    images = np.random.default_rng(3).uniform(size=(2, 64, 64, 3)).astype(np.float32)
+    stats = method.fit_stats(params, model_state, frozen, method.prepare_stats(frozen, [images]), [images])
+    maps = {}
+    for border in ("zeros", "edge", None):
+        config = _small_config()
+        if border is None:
+            del config.model["map_border"]
+        else:
+            config.model.map_border = border
+        maps[border] = np.asarray(get_method(config).anomaly_map(params, model_state, frozen, stats, images))
+    np.testing.assert_array_equal(maps[None], maps["zeros"])
+    assert np.abs(maps["edge"] - maps["zeros"]).max() > 1e-3
+    del config.train["compute_dtype"]
+    assert efficientad.compute_dtype(config) is None
+    config.train.compute_dtype = "float32"
+    assert efficientad.compute_dtype(config) is None
+    config.train.compute_dtype = "bfloat16"
+    assert efficientad.compute_dtype(config) == jnp.bfloat16
+
+
 def test_teacher_stats_are_channel_mean_and_std():
     config = _small_config()
     method = get_method(config)
@@ -233,6 +261,7 @@ def test_teacher_checkpoint_is_loaded_frozen(tmp_path):
     config.teacher.checkpoint = path
     loaded, description = get_method(config).load_frozen(jax.random.key(0))
     assert description == path
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(frozen)
     for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(frozen)):
         np.testing.assert_array_equal(a, b)
     config.model.out_channels = 8  # a teacher of another shape is refused with the file's name
