@@ -154,8 +154,11 @@ def test_fit_stats_calibrates_on_given_images():
     images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype(np.float32)
     stats = method.prepare_stats(frozen, [images[:2], images[2:]])
     assert stats["teacher_mean"].shape == (config.model.out_channels,)
-    assert np.isnan(np.asarray(stats["q_st"])).all()
+    assert np.isnan(np.asarray(stats["q_st"])).all() and np.isnan(np.asarray(stats["q_ae"])).all()
+    prepared = stats
     stats = method.fit_stats(params, model_state, frozen, stats, [images])
+    # one structure before and after calibration: checkpoints hold the first, exports the second
+    assert jax.tree_util.tree_structure(stats) == jax.tree_util.tree_structure(prepared)
     maps = np.asarray(method.anomaly_map(params, model_state, frozen, stats, images))
     assert maps.shape == (4, 64, 64)
     # On the calibration images themselves, the local map's 0.995 quantile is ~0.1 by construction.
