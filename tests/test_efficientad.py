@@ -197,6 +197,15 @@ def test_map_border_and_compute_dtype_follow_the_config_and_default_to_the_refer
     assert efficientad.compute_dtype(config) == jnp.bfloat16
 
 
+def test_the_method_names_itself_and_what_it_built():
+    """``name`` and ``info`` are what results.json and the logs record about the model."""
+    config = _small_config()
+    config.train.compute_dtype = "bfloat16"
+    method = get_method(config)
+    assert method.name == "efficientad"
+    assert method.info == {"size": "s", "out_channels": 16, "compute_dtype": "bfloat16"}
+
+
 def test_teacher_stats_are_channel_mean_and_std():
     config = _small_config()
     method = get_method(config)
