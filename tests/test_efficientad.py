@@ -37,7 +37,7 @@ def test_resize_maps_refuses_an_unknown_border():
     maps = jnp.ones((1, 4, 4))
     for border in ("zeros", "edge"):
         assert efficientad.resize_maps(maps, (32, 32), border).shape == (1, 32, 32)
-    with pytest.raises(ValueError, match="map border 'reflect'"):
+    with pytest.raises(ValueError, match="^map border 'reflect': use one of zeros, edge$"):
         efficientad.resize_maps(maps, (32, 32), "reflect")
 
 
@@ -204,6 +204,8 @@ def test_the_method_names_itself_and_what_it_built():
     method = get_method(config)
     assert method.name == "efficientad"
     assert method.info == {"size": "s", "out_channels": 16, "compute_dtype": "bfloat16"}
+    del config.train["compute_dtype"]
+    assert get_method(config).info["compute_dtype"] == "float32"
 
 
 def test_teacher_stats_are_channel_mean_and_std():
