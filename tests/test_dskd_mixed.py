@@ -114,7 +114,25 @@ def test_mixed_pairs_parse_and_reject():
         mixed.parse_pairs("2-2", 3)
     config = _random_config(dskd_config)
     config.loss.augmented_pair = True
-    with pytest.raises(UserError, match="ECA-MSKDAD"):
+    with pytest.raises(UserError, match="^dskd: config.loss.augmented_pair / cosine_weight are ECA-MSKDAD's"):
+        get_method(config)
+
+
+@pytest.mark.parametrize("name,module", [("dskd", dskd_config), ("mixed", mixed_config)])
+def test_each_method_names_itself_and_what_it_built(name, module):
+    """``name`` and ``info`` are what results.json and the logs record about the model; a switch
+    of ECA-MSKDAD is refused naming the method."""
+    config = _random_config(module)
+    method = get_method(config)
+    assert method.name == name and method.info["teacher_arch"] == "resnet18"
+    assert method.info["map"] == config.map.combine
+    if name == "dskd":
+        assert method.info["embed_channels"] == config.dskd.embed_channels
+    else:
+        assert (method.info["skip_pairs"], method.info["skip_weight"], method.info["map_paths"]) == (
+            ["1-2", "1-3", "2-1", "2-3", "3-1", "3-2"], config.mixed.skip_weight, config.map.paths)
+    config.loss.cosine_weight = 1.0
+    with pytest.raises(UserError, match=f"^{name}: config.loss.augmented_pair / cosine_weight"):
         get_method(config)
 
 
