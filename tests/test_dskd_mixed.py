@@ -110,8 +110,9 @@ def test_mixed_loss_and_map_equal_numpy():
 def test_mixed_pairs_parse_and_reject():
     assert mixed.parse_pairs("all", 3) == ((0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1))
     assert mixed.parse_pairs("3-1, 1-3", 3) == ((2, 0), (0, 2))
-    with pytest.raises(ValueError, match="not a pair"):
-        mixed.parse_pairs("2-2", 3)
+    for bad in ("2-2", "4-1", "1-4", "0-2", "4-4"):  # same tap, or a tap outside 1..3
+        with pytest.raises(ValueError, match=rf"^config.mixed.skip_pairs: '{bad}' is not a pair of different taps 1..3$"):
+            mixed.parse_pairs(bad, 3)
     config = _random_config(dskd_config)
     config.loss.augmented_pair = True
     with pytest.raises(UserError, match="^dskd: config.loss.augmented_pair / cosine_weight are ECA-MSKDAD's"):
