@@ -132,6 +132,13 @@ def test_each_method_names_itself_and_what_it_built(name, module):
     else:
         assert (method.info["skip_pairs"], method.info["skip_weight"], method.info["map_paths"]) == (
             ["1-2", "1-3", "2-1", "2-3", "3-1", "3-2"], config.mixed.skip_weight, config.map.paths)
+    if name == "mixed":
+        config.map.paths = "direct"
+        assert get_method(config).info["map_paths"] == "direct"
+        config.map.paths = "both"
+        with pytest.raises(UserError, match="^config.map.paths must be 'all' or 'direct', not 'both'$"):
+            get_method(config)
+        config.map.paths = "all"
     config.loss.cosine_weight = 1.0
     with pytest.raises(UserError, match=f"^{name}: config.loss.augmented_pair / cosine_weight"):
         get_method(config)
