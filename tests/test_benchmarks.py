@@ -92,24 +92,30 @@ def test_score_rules_rank_an_isolated_frame_pixel_below_a_defect_region():
     assert scores["interior_max"][0] == 0.0
 
 
+def _toy_project(tmp_path, module: str, tests: str):
+    """A git checkout with ``pkg/m.py`` = ``module`` and ``tests/test_m.py`` = ``tests``."""
+    project = tmp_path / "toy"
+    (project / "pkg").mkdir(parents=True)
+    (project / "tests").mkdir()
+    (project / "pkg" / "__init__.py").write_text("")
+    (project / "tests" / "__init__.py").write_text("")
+    (project / "pkg" / "m.py").write_text(module)
+    (project / "tests" / "test_m.py").write_text(tests)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    return project
+
+
 def test_mutation_benchmark_counts_killed_and_surviving_mutants(tmp_path):
     """On a toy project whose test checks ``add`` but never ``clip``'s boundary: mutmut's mutant
     of ``a + b`` is killed, ``x < low`` → ``x <= low`` survives (clip(0) is 0 either way) and is
     reported with its line and change; ``--report`` reads the same from mutmut's cache, also after
     an interrupted run left a mutant in the file and the original beside it as ``.bak``."""
     optional_module("mutmut", "mutation")
-    project = tmp_path / "toy"
-    (project / "pkg").mkdir(parents=True)
-    (project / "tests").mkdir()
-    (project / "pkg" / "__init__.py").write_text("")
-    (project / "tests" / "__init__.py").write_text("")
-    (project / "pkg" / "m.py").write_text(
-        "def add(a, b):\n    return a + b\n\n\ndef clip(x, low=0):\n    if x < low:\n        return low\n    return x\n")
-    (project / "tests" / "test_m.py").write_text(
+    project = _toy_project(
+        tmp_path, "def add(a, b):\n    return a + b\n\n\ndef clip(x, low=0):\n    if x < low:\n        return low\n    return x\n",
         "from pkg.m import add, clip\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
         "def test_clip():\n    assert clip(-1) == 0\n")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     command = [sys.executable, "benchmarks/mutation.py", "--project", str(project),
                "--workdir", str(tmp_path / "work"), "--target", "toy=pkg/m.py:tests/test_m.py"]
     proc = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
@@ -158,19 +164,11 @@ def test_mutation_cache_carries_verdicts_to_a_fresh_workdir(tmp_path):
     the mutated code, only the new line's mutants are run (each test run appends to a log); the
     two killed mutants of the shifted lines keep their verdict."""
     optional_module("mutmut", "mutation")
-    project = tmp_path / "toy"
-    (project / "pkg").mkdir(parents=True)
-    (project / "tests").mkdir()
-    (project / "pkg" / "__init__.py").write_text("")
-    (project / "tests" / "__init__.py").write_text("")
     source = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-    (project / "pkg" / "m.py").write_text(source)
     log = tmp_path / "runs.log"
-    (project / "tests" / "test_m.py").write_text(
-        f"from pkg.m import *\n\n\ndef test_all():\n    open({str(log)!r}, 'a').write('run\\n')\n"
+    project = _toy_project(
+        tmp_path, source, f"from pkg.m import *\n\n\ndef test_all():\n    open({str(log)!r}, 'a').write('run\\n')\n"
         "    assert add(2, 3) == 5 and sub(2, 3) == -1\n")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     cache = tmp_path / "cache.json"
 
     def run(workdir):
@@ -196,16 +194,9 @@ def test_a_mutant_that_cannot_be_imported_is_killed(tmp_path):
     """mutmut turns ``(0, *t)`` into ``(0, /t)``, a syntax error: pytest exits 2 (collection
     error), which mutmut 2 alone would count as the tests passing; the runner makes it a kill."""
     optional_module("mutmut", "mutation")
-    project = tmp_path / "toy"
-    (project / "pkg").mkdir(parents=True)
-    (project / "tests").mkdir()
-    (project / "pkg" / "__init__.py").write_text("")
-    (project / "tests" / "__init__.py").write_text("")
-    (project / "pkg" / "m.py").write_text("def prepend_zero(t):\n    return (0, *t)\n")
-    (project / "tests" / "test_m.py").write_text(
+    project = _toy_project(
+        tmp_path, "def prepend_zero(t):\n    return (0, *t)\n",
         "from pkg.m import prepend_zero\n\n\ndef test_prepend_zero():\n    assert prepend_zero((1,)) == (0, 1)\n")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     proc = subprocess.run([sys.executable, "benchmarks/mutation.py", "--project", str(project),
                            "--workdir", str(tmp_path / "work"), "--target", "toy=pkg/m.py:tests/test_m.py"],
                           cwd=PROJECT, capture_output=True, text=True, timeout=600)

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kdad_jax import files
-from kdad_jax.data.dataset import Category
+from kdad_jax.data.records import Category
 
 MIN_SIDE = 256  # pixels: panels of smaller images are enlarged (nearest) to this height
 
